@@ -70,12 +70,19 @@ def stack_settings() -> Settings:
 
 
 @pytest.fixture(scope="session")
-def stack(stack_settings: Settings) -> Iterator[Settings]:
-    """The whole LOCAL stack, up for the test session, stopped by PID at the end."""
+def stack_supervisor(stack_settings: Settings) -> Iterator[Supervisor]:
+    """The supervisor of the session stack: tests that restart a component use this one, so
+    the processes it starts are reaped by the same object at the end."""
     fresh_state(stack_settings)
     supervisor = Supervisor(stack_settings, progress=print)
     supervisor.up()
     try:
-        yield stack_settings
+        yield supervisor
     finally:
         supervisor.down()
+
+
+@pytest.fixture(scope="session")
+def stack(stack_settings: Settings, stack_supervisor: Supervisor) -> Settings:
+    """The whole LOCAL stack, up for the test session, stopped by PID at the end."""
+    return stack_settings

@@ -9,35 +9,59 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from somaagent.adapters import http_probe, kafka, postgres, redis_store, vault
 from somaagent.adapters.api_keys import ApiKeyStore
+from somaagent.adapters.approvals import ApprovalStore
+from somaagent.adapters.budget_store import BudgetStore, ChargeWriter
 from somaagent.adapters.clickhouse import open_driver
 from somaagent.adapters.clickhouse_schema import ClusterSpec, Retention
 from somaagent.adapters.dead_letters import KafkaDeadLetterSink
 from somaagent.adapters.kafka_consumer import TelemetryConsumer
 from somaagent.adapters.kafka_publisher import KafkaPublisher
+from somaagent.adapters.opa import (
+    InProcessPolicyEngine,
+    PolicyUnavailable,
+    RestPolicyEngine,
+    constitution_hash,
+    load_policy_bundle,
+)
 from somaagent.adapters.postgres_summaries import SessionSummaryStore
+from somaagent.adapters.ratecards_store import RateCardStore
+from somaagent.adapters.redis_budget import RedisBudgetCounters
 from somaagent.adapters.spool import Spool
 from somaagent.adapters.telemetry_store import ClickHouseTelemetryStore
 from somaagent.adapters.upstream import UpstreamClient, UsageCounter
 from somaagent.domain.events import Codec
+from somaagent.domain.identity import Caller
+from somaagent.domain.ratecards import (
+    RateBook,
+    RateCardError,
+    default_ratecards_text,
+    parse_ratecards,
+)
 from somaagent.domain.routing import (
-    CATALOG_VERSION,
     BreakerConfig,
     Catalog,
     CircuitBreaker,
     ClassifierConfig,
+    ModelEntry,
     RouterFlags,
     default_catalog_text,
     load_catalog,
     render_catalog,
 )
 from somaagent.observability import GatewayMetrics
+from somaagent.observability.tracing import Tracing, build_tracing
+from somaagent.service.admission import Gatekeeper
+from somaagent.service.budgets import BudgetService
 from somaagent.service.chat import ChatService, Upstream
 from somaagent.service.health import HealthCheck
 from somaagent.service.ingest import Ingestor
@@ -189,14 +213,39 @@ def build_catalog(settings: Settings) -> Catalog:
     return load_catalog(render_catalog(text, values))
 
 
+def build_rates(settings: Settings, catalog: Catalog) -> RateBook:
+    """The rate cards from Postgres; the shipped (or configured) file is loaded when none is.
+
+    Every live model must be priced: an unpriced one is a start-up error, never a $0 call.
+    """
+    store = RateCardStore(settings.secret("postgres_dsn"))
+    book = store.book()
+    if len(book) == 0:
+        path = settings.ratecards_file
+        text = path.read_text() if path else default_ratecards_text()
+        report = store.load(parse_ratecards(text, source=str(path or "ratecards.default.yaml")))
+        log.info("rate cards loaded: %s new version(s)", report.inserted)
+        book = store.book()
+    now = datetime.now(UTC)
+    unpriced = [e.model_id for e in catalog.live() if book.current(e.model_id, now) is None]
+    if unpriced:
+        raise RateCardError(
+            f"no rate card in effect prices {', '.join(unpriced)}; load one with"
+            " `soma ratecards load FILE`"
+        )
+    return book
+
+
 def build_chat(
     settings: Settings,
     publisher: KafkaPublisher,
     codec: Codec,
     stats: ModelStatsCache,
     metrics: GatewayMetrics,
+    tracing: Tracing,
 ) -> ChatService:
     catalog = build_catalog(settings)
+    rates = build_rates(settings, catalog)
     upstreams = {}
     for entry in catalog.live():
         assert entry.base_url is not None
@@ -220,10 +269,65 @@ def build_chat(
         ),
         classifier=ClassifierConfig(),
         deployment_mode=settings.profile.value,
-        rate_card_version=f"catalog-v{CATALOG_VERSION}",
+        rates=rates,
         upstream_timeout_s=settings.upstream_timeout_s,
         stats=stats.get,
         metrics=metrics,
+        tracing=tracing,
+    )
+
+
+def build_gate(
+    settings: Settings,
+    chat: ChatService,
+    approvals: ApprovalStore,
+    metrics: GatewayMetrics,
+    tracing: Tracing,
+) -> Gatekeeper:
+    """Budgets (Redis + Postgres), the policy engine (OPA) and the approvals queue."""
+    dsn = settings.secret("postgres_dsn")
+    store = BudgetStore(dsn)
+    counters = RedisBudgetCounters(settings.url("redis_url"))
+    budgets = BudgetService(
+        store, counters, ChargeWriter(store), cache_ttl_s=settings.budget_cache_s
+    )
+    bundle = load_policy_bundle(settings.policy_dir)
+    policy: InProcessPolicyEngine | RestPolicyEngine = (
+        RestPolicyEngine(settings.policy_url, timeout_s=settings.policy_timeout_s)
+        if settings.policy_url
+        else InProcessPolicyEngine(bundle)
+    )
+    catalog, upstreams = chat.catalog, chat.upstreams
+
+    def live(caller: Caller) -> list[ModelEntry]:
+        allowed = catalog.allowed_for(caller.persona, caller.role)
+        return [e for e in allowed if e.model_id in upstreams]
+
+    async def close_policy() -> None:
+        if isinstance(policy, RestPolicyEngine):
+            await policy.aclose()
+        else:
+            policy.close()
+
+    return Gatekeeper(
+        close_hooks=[counters.aclose, store.aclose, close_policy],
+        budgets=budgets,
+        policy=policy,
+        approvals=approvals,
+        rates=chat.rates,
+        live=live,
+        emit=chat.emit,
+        enforce=settings.policy_mode == "enforce",
+        fail_closed=bool(settings.policy_fail_closed),
+        policy_version=bundle.version,
+        constitution_hash=constitution_hash(settings.policy_dir),
+        upstream_timeout_s=settings.upstream_timeout_s,
+        approval_ttl_s=settings.approval_ttl_s,
+        reservation_grace_s=settings.budget_reservation_grace_s,
+        producer=chat.producer,
+        unavailable=(PolicyUnavailable,),
+        metrics=metrics,
+        tracing=tracing,
     )
 
 
@@ -241,6 +345,9 @@ class Container:
     chat: ChatService | None = None
     api_keys: ApiKeyStore | None = None
     model_stats: ModelStatsCache | None = None
+    tracing: Tracing = field(default_factory=lambda: Tracing(None))
+    approvals: ApprovalStore | None = None
+    usage_query: Callable[[str], list[dict[str, Any]]] | None = None
 
     async def aclose(self) -> None:
         """Close the upstream clients (they live on the event loop), then everything else."""
@@ -249,7 +356,19 @@ class Container:
                 await task
             for up in self.chat.upstreams.values():
                 await up.client.close()
+            if self.chat.gate is not None:
+                await self.chat.gate.aclose()
         self.close()
+
+    def refresh_rates(self) -> int:
+        """Re-read the rate cards (new versions loaded by ``soma ratecards load``)."""
+        if self.chat is None:
+            return 0
+        book = RateCardStore(self.settings.secret("postgres_dsn")).book()
+        self.chat.rates = book
+        if self.chat.gate is not None:
+            self.chat.gate.rates = book
+        return len(book)
 
     def collect_pipeline(self) -> None:
         """Refresh the pipeline figures on ``/metrics`` from the live stats objects."""
@@ -272,6 +391,7 @@ class Container:
             self.api_keys.close()
         if self.publisher is not None:
             self.publisher.close()
+        self.tracing.shutdown()
 
 
 def bootstrap(
@@ -285,6 +405,11 @@ def bootstrap(
         registry=registry,
         metrics=GatewayMetrics(registry),
         codec=Codec(),
+        tracing=build_tracing(
+            settings.otel_exporter,
+            endpoint=settings.otel_endpoint,
+            service_name=settings.otel_service_name,
+        ),
     )
     try:
         if worker or chat:
@@ -310,14 +435,24 @@ def bootstrap(
                 query, database=settings.clickhouse_database, period_s=settings.stats_refresh_s
             )
             container.model_stats.start()
+            container.usage_query = query
             container.chat = build_chat(
                 settings,
                 container.publisher,
                 container.codec,
                 container.model_stats,
                 container.metrics,
+                container.tracing,
             )
             container.api_keys = ApiKeyStore(settings.secret("postgres_dsn"))
+            container.approvals = ApprovalStore(settings.secret("postgres_dsn"))
+            container.chat.gate = build_gate(
+                settings,
+                container.chat,
+                container.approvals,
+                container.metrics,
+                container.tracing,
+            )
     except BaseException:
         container.close()
         raise

@@ -179,7 +179,23 @@ class Settings(BaseSettings):
     worker_metrics_port: int | None = None  # `soma worker` serves /metrics here when set
     alert_webhook_url: str | None = None  # LOCAL default: the gateway's /v1/alerts receiver
 
-    policy_fail_closed: bool | None = None
+    policy_fail_closed: bool | None = None  # ENTERPRISE: True (engine unreachable -> refuse)
+    # Policy (OPA): in-process engine when policy_url is None, else an OPA server's REST API.
+    policy_dir: Path = Field(default_factory=lambda: _default_infra_dir().parent / "policy")
+    policy_url: str | None = None
+    policy_timeout_s: float = Field(default=0.5, gt=0)
+    # enforce: verdicts are acted on; permissive (LOCAL default): logged and emitted only.
+    policy_mode: Literal["enforce", "permissive"] | None = None
+    # Budgets and rate cards.
+    ratecards_file: Path | None = None  # loaded at start when Postgres has no rate card
+    budget_cache_s: float = Field(default=5.0, gt=0)  # budget definitions cached this long
+    budget_reservation_grace_s: float = Field(default=30.0, gt=0)  # past the call's deadline
+    # Traces: OpenTelemetry spans, exported over OTLP/HTTP, to stdout, or not at all.
+    otel_exporter: Literal["none", "console", "otlp"] = "none"
+    otel_endpoint: str | None = None  # OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces
+    otel_service_name: str = "somaagent-gateway"
+    approval_ttl_s: float = Field(default=86_400.0, gt=0)
+    aggregate_every_s: float | None = None  # LOCAL: 3600 (hourly ledger job in-process)
     health_timeout_s: float = Field(default=2.0, gt=0)
 
     escalation_enabled: bool = Field(default=False, validation_alias=_seed("ESCALATION_ENABLED"))
@@ -232,6 +248,8 @@ class Settings(BaseSettings):
             if self.clickhouse_driver is None:
                 self.clickhouse_driver = "server"
         self._fill_profile_defaults()
+        if self.otel_exporter == "otlp" and not self.otel_endpoint:
+            raise ValueError("SOMA_OTEL_EXPORTER=otlp requires SOMA_OTEL_ENDPOINT")
         if self.slm_enabled and not self.slm_base_url:
             raise ValueError("SLM_ENABLED=true requires SLM_BASE_URL")
         return self
@@ -248,6 +266,10 @@ class Settings(BaseSettings):
             self.spool_dir = self.state_dir / "spool"
         if self.policy_fail_closed is None:
             self.policy_fail_closed = self.profile is Profile.ENTERPRISE
+        if self.policy_mode is None:
+            self.policy_mode = "permissive" if local else "enforce"
+        if self.aggregate_every_s is None and self.worker_in_gateway:
+            self.aggregate_every_s = 3600.0
 
     def _fill_local_urls(self) -> None:
         host = self.bind_host

@@ -21,14 +21,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_gateway(env: dict[str, str]) -> Iterator[Settings]:
-    """A gateway (no in-process worker) with the given environment; yields its settings."""
+def running_gateway(env: dict[str, str], *, worker: bool = False) -> Iterator[Settings]:
+    """A gateway with the given environment (with its own telemetry worker when ``worker``:
+    then ``env`` must give it its own chDB path and topics); yields its settings."""
     port = free_port()
     settings = load_settings(
         {
             **env,
             "SOMA_GATEWAY_PORT": str(port),
-            "SOMA_WORKER_IN_GATEWAY": "false",
+            "SOMA_WORKER_IN_GATEWAY": "true" if worker else "false",
             "SOMA_PRODUCER_NAME": f"gateway-{port}",
         }
     )

@@ -31,6 +31,8 @@ class RequestError(Exception):
         param: str | None = None,
         code: str | None = None,
         kind: str = "invalid_request_error",
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -38,14 +40,18 @@ class RequestError(Exception):
         self.param = param
         self.code = code
         self.kind = kind
+        self.headers: dict[str, str] = dict(headers or {})
+        self.extra: dict[str, Any] = dict(extra or {})
 
     def body(self) -> dict[str, Any]:
+        """The OpenAI error object (plus any ``extra`` fields, e.g. an approval id)."""
         return {
             "error": {
                 "message": self.message,
                 "type": self.kind,
                 "param": self.param,
                 "code": self.code,
+                **self.extra,
             }
         }
 

@@ -13,6 +13,10 @@ import psycopg
 
 from somaagent.adapters import postgres
 from somaagent.adapters.api_keys import ApiKeyError, ApiKeyStore, KeyStoreUnavailable
+from somaagent.entrypoints.cli_budgets import add_budgets
+from somaagent.entrypoints.cli_money import add_cost, add_ratecards
+from somaagent.entrypoints.cli_ops import add_approvals, add_jobs
+from somaagent.entrypoints.cli_policy import add_policy
 from somaagent.settings import Settings, SettingsError, load_settings
 from somaagent.stack import StackError, Supervisor
 
@@ -203,6 +207,12 @@ def _parser() -> argparse.ArgumentParser:
     wk.add_argument("--name", default="worker", help="spool name for its dead-letter producer")
     wk.set_defaults(func=_cmd_worker)
     _add_keys(sub)
+    add_budgets(sub)
+    add_ratecards(sub)
+    add_cost(sub)
+    add_policy(sub)
+    add_approvals(sub)
+    add_jobs(sub)
     return parser
 
 

@@ -16,12 +16,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from somaagent.adapters.ledger import LedgerStore
 from somaagent.bootstrap import Container, bootstrap
 from somaagent.entrypoints.http_alerts import list_alerts, receive_alerts
+from somaagent.entrypoints.http_budgets import budget_item, budget_summary, budgets_collection
 from somaagent.entrypoints.http_chat import chat_completions, list_models
+from somaagent.entrypoints.http_operator import (
+    decide_approval,
+    get_approval,
+    list_approvals,
+    telemetry_tokens,
+)
 from somaagent.entrypoints.http_telemetry import ingest_events
 from somaagent.observability.logging import configure_logging
 from somaagent.service.health import check_all
+from somaagent.service.periodic import Periodic, ledger_job
 from somaagent.settings import Settings, SettingsError, load_settings
 
 __all__ = ["create_app", "main"]
@@ -47,6 +56,21 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(container.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+def start_jobs(container: Container) -> Periodic:
+    """The in-process schedule: the hourly ledger aggregator (LOCAL) and rate-card refresh."""
+    jobs = Periodic()
+    settings = container.settings
+    if settings.aggregate_every_s and container.usage_query is not None:
+        ledger = LedgerStore(settings.secret("postgres_dsn"))
+        job = ledger_job(
+            container.usage_query, ledger.upsert, database=settings.clickhouse_database
+        )
+        jobs.start("aggregate", settings.aggregate_every_s, job, first_s=60.0)
+    if container.chat is not None:
+        jobs.start("ratecards", 60.0, container.refresh_rates, first_s=60.0)
+    return jobs
+
+
 def create_app(settings: Settings) -> Starlette:
     """Build the gateway app; adapters are created in the lifespan, not at import."""
 
@@ -62,6 +86,7 @@ def create_app(settings: Settings) -> Starlette:
             )
         )
         app.state.container = container
+        jobs = start_jobs(container)
         # Everything built so far lives for the whole process: move it out of the cyclic
         # collector's reach, so full collections stay short (they fed the p99).
         gc.collect()
@@ -69,6 +94,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
+            await jobs.stop()
             await container.aclose()
 
     routes = [
@@ -79,6 +105,17 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/alerts", receive_alerts, methods=["POST"]),
         Route("/v1/alerts", list_alerts, methods=["GET"]),
+        Route("/v1/telemetry/tokens", telemetry_tokens, methods=["GET"]),
+        Route("/v1/budgets", budgets_collection, methods=["GET", "POST"]),
+        Route("/v1/budgets/{budget_id}", budget_item, methods=["GET", "PUT", "PATCH", "DELETE"]),
+        Route("/v1/budget/summary", budget_summary, methods=["GET"]),
+        Route("/v1/approvals", list_approvals, methods=["GET"]),
+        Route("/v1/approvals/{approval_id}", get_approval, methods=["GET"]),
+        Route(
+            "/v1/approvals/{approval_id}/{decision:str}",
+            decide_approval,
+            methods=["POST"],
+        ),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 

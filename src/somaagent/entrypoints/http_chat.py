@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -107,19 +108,39 @@ async def chat_completions(request: Request) -> Response:
             max_tokens_cap=settings.max_tokens_cap,
         )
         ctx: RequestContext = build_request_context(caller, request.headers, chat.metadata)
-        with bind_log_context(
-            tenant=caller.tenant, persona=caller.persona, mode=ctx.mode, trace_id=ctx.trace.trace_id
+        attributes = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": chat.model or "auto",
+            "http.request.method": "POST",
+            "url.path": "/v1/chat/completions",
+            "soma.tenant": caller.tenant,
+            "soma.persona": caller.persona,
+            "soma.stream": chat.stream,
+        }
+        with service.tracing.request(ctx.trace, "POST /v1/chat/completions", attributes) as (
+            trace_ctx,
+            _span,
         ):
-            if chat.stream:
-                headers, body = await open_stream(service, chat, caller, ctx, received)
-                return EventStream(body, headers)
-            outcome = await service.complete(chat, caller, ctx, received)
-            return FastJSONResponse(outcome.body, headers=outcome.headers)
+            ctx = dataclasses.replace(ctx, trace=trace_ctx)
+            with bind_log_context(
+                tenant=caller.tenant,
+                persona=caller.persona,
+                mode=ctx.mode,
+                trace_id=ctx.trace.trace_id,
+            ):
+                approval_id = request.headers.get("x-soma-approval") or None
+                if chat.stream:
+                    headers, body = await open_stream(
+                        service, chat, caller, ctx, received, approval_id
+                    )
+                    return EventStream(body, headers)
+                outcome = await service.complete(chat, caller, ctx, received, approval_id)
+                return FastJSONResponse(outcome.body, headers=outcome.headers)
     except IdentityError as exc:
         kind = "authentication_error" if exc.status == 401 else "invalid_request_error"
         return openai_error(exc.status, str(exc), kind=kind)
     except RequestError as exc:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
     except KeyStoreUnavailable as exc:
         return openai_error(503, f"cannot check the API key right now: {exc}", kind="server_error")
     except Exception:  # a bug must not become a traceback on the wire

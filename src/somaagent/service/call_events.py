@@ -47,6 +47,7 @@ class CallRecord:
     queue_delay_ms: float = 0.0
     gpu_ms: float = 0.0
     cost_usd: Decimal = field(default_factory=Decimal)
+    rate_card_version: str = "unpriced"  # the version its cost was computed with
     completion_chars: int = 0
     streamed: bool = False
     error_code: str | None = None
@@ -86,7 +87,6 @@ def call_event(
     request: ChatRequest,
     decision_tree: dict[str, Any],
     deployment_mode: str,
-    rate_card_version: str,
     producer: str,
 ) -> Event:
     """The model-usage event of one attempt."""
@@ -112,7 +112,7 @@ def call_event(
         "streamed": record.streamed,
         "error_code": record.error_code,
         "cost_usd": Money(record.cost_usd),
-        "rate_card_version": rate_card_version,
+        "rate_card_version": record.rate_card_version,
         "prompt_hash": request.prompt_hash,
         "prompt_chars": request.prompt_chars,
         "completion_chars": record.completion_chars,

@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NoReturn, Protocol
 
@@ -20,15 +21,18 @@ from somaagent.adapters.upstream import (
     Usage,
     UsageCounter,
 )
+from somaagent.domain.budgets import BudgetUnavailable
 from somaagent.domain.chat_request import ChatRequest, RequestError
 from somaagent.domain.events import Codec, Event
 from somaagent.domain.identity import Caller, RequestContext
 from somaagent.domain.pricing import call_cost
+from somaagent.domain.ratecards import RateBook
 from somaagent.domain.routing import (
     Catalog,
     CircuitBreaker,
     ClassifierConfig,
     Decision,
+    GpuPricing,
     ModelEntry,
     ModelStats,
     NoRouteError,
@@ -38,7 +42,10 @@ from somaagent.domain.routing import (
     decide,
 )
 from somaagent.observability import GatewayMetrics
+from somaagent.observability.tracing import Tracing
+from somaagent.service.admission import Admission, Gatekeeper
 from somaagent.service.call_events import CallRecord, call_event, conversation_event
+from somaagent.service.escalation_notice import escalation_notice
 
 __all__ = ["ChatOutcome", "ChatService", "Upstream", "route_headers", "upstream_signal"]
 
@@ -100,13 +107,15 @@ class ChatService:
     flags: RouterFlags
     classifier: ClassifierConfig
     deployment_mode: str
-    rate_card_version: str
+    rates: RateBook
     upstream_timeout_s: float = 120.0
     producer: str = "somaagent.gateway/0.1.0"
     stats: Callable[[], Mapping[str, ModelStats]] = dict
     clock: Callable[[], float] = time.monotonic
     background: set[asyncio.Task[None]] = field(default_factory=set)
     metrics: GatewayMetrics | None = None
+    gate: Gatekeeper | None = None
+    tracing: Tracing = field(default_factory=lambda: Tracing(None))
 
     # ------------------------------------------------------------------ routing
     def open_circuits(self) -> frozenset[str]:
@@ -114,6 +123,18 @@ class ChatService:
         return frozenset(m for m, u in self.upstreams.items() if not u.breaker.available(now))
 
     def route(self, request: ChatRequest, caller: Caller, signal: str | None = None) -> Decision:
+        with self.tracing.span("router.decide") as span:
+            decision = self._route(request, caller, signal)
+            self.tracing.set(
+                span,
+                soma__route__model=decision.model.model_id,
+                soma__route__tier=decision.model.tier,
+                soma__route__reason=decision.reason,
+                soma__route__escalated=decision.escalated,
+            )
+            return decision
+
+    def _route(self, request: ChatRequest, caller: Caller, signal: str | None) -> Decision:
         classification = classify_messages(
             list(request.messages), max_tokens=request.max_tokens, config=self.classifier
         )
@@ -143,14 +164,58 @@ class ChatService:
         return [e for e in (decision.model, *decision.fallbacks) if e.model_id in self.upstreams]
 
     # ------------------------------------------------------------------ accounting
-    def price(self, entry: ModelEntry, usage: Usage, gpu_ms: float) -> Decimal:
-        return call_cost(
-            entry.pricing,
+    def price(self, entry: ModelEntry, usage: Usage, gpu_ms: float) -> tuple[Decimal, str]:
+        """The call's exact cost and the rate-card version it was priced with."""
+        card = self.rates.current(entry.model_id, datetime.now(UTC))
+        if card is None:
+            raise RequestError(
+                503,
+                f"no rate card prices {entry.model_id!r}; load one with `soma ratecards load`",
+                code="no_rate_card",
+                kind="server_error",
+            )
+        cost = call_cost(
+            card.pricing,
             input_tokens=usage.prompt_tokens,
             output_tokens=usage.completion_tokens,
             cached_tokens=usage.cached_tokens or 0,
             gpu_ms=gpu_ms,
         )
+        return cost, card.version
+
+    async def admit(
+        self,
+        request: ChatRequest,
+        caller: Caller,
+        ctx: RequestContext,
+        decision: Decision,
+        approval_id: str | None,
+    ) -> tuple[Admission | None, list[ModelEntry]]:
+        """Budget/policy admission and the candidates in the order to try them."""
+        candidates = self.candidates(decision)
+        if self.gate is None:
+            return None, candidates
+        adm = await self.gate.admit(request, caller, ctx, decision, approval_id=approval_id)
+        if adm.entry.model_id != decision.model.model_id:
+            candidates = [adm.entry, *(c for c in candidates if c.model_id != adm.entry.model_id)]
+        return adm, candidates
+
+    def timeout(self, adm: Admission | None, entry: ModelEntry) -> float:
+        return adm.deadline(entry, self.upstream_timeout_s) if adm else self.upstream_timeout_s
+
+    def gate_headers(self, adm: Admission | None) -> dict[str, str]:
+        if adm is None:
+            return {}
+        v = adm.verdict
+        headers = {
+            "x-soma-policy-verdict": v.action
+            if self.gate and self.gate.enforce or v.action == "allow"
+            else f"{v.action} (not enforced)"
+        }
+        remaining = adm.remaining_header()
+        if remaining:
+            headers["x-soma-budget-remaining"] = remaining
+        return headers
 
     @staticmethod
     def gpu_ms(measurements: Measurements) -> float:
@@ -184,7 +249,6 @@ class ChatService:
                 request=request,
                 decision_tree=tree,
                 deployment_mode=self.deployment_mode,
-                rate_card_version=self.rate_card_version,
                 producer=self.producer,
             )
             for r in records
@@ -202,7 +266,8 @@ class ChatService:
                 producer=self.producer,
             )
         )
-        self.emit(events)
+        with self.tracing.span("telemetry.publish", {"soma.events": len(events)}):
+            self.emit(events)
         self._observe(records, caller)
 
     def _observe(self, records: list[CallRecord], caller: Caller) -> None:
@@ -231,38 +296,60 @@ class ChatService:
 
     # ------------------------------------------------------------------ non-streamed
     async def complete(
-        self, request: ChatRequest, caller: Caller, ctx: RequestContext, received: float
+        self,
+        request: ChatRequest,
+        caller: Caller,
+        ctx: RequestContext,
+        received: float,
+        approval_id: str | None = None,
     ) -> ChatOutcome:
         decision = self.route(request, caller)
-        tree = decision.decision_tree()
+        adm, candidates = await self.admit(request, caller, ctx, decision, approval_id)
+        try:
+            return await self._complete(request, caller, ctx, received, decision, adm, candidates)
+        finally:
+            if adm is not None and self.gate is not None:
+                await self.gate.abandon(adm)
+
+    async def _complete(
+        self,
+        request: ChatRequest,
+        caller: Caller,
+        ctx: RequestContext,
+        received: float,
+        decision: Decision,
+        adm: Admission | None,
+        candidates: list[ModelEntry],
+    ) -> ChatOutcome:
+        tree, attempts = self.new_tree(decision, adm)
         records: list[CallRecord] = []
-        attempts: list[dict[str, Any]] = []
-        tree["attempts"] = attempts
-        candidates = self.candidates(decision)
         reason: str = decision.reason
         deferred: tuple[dict[str, Any], Usage, CallRecord] | None = None
         while candidates:
             entry = candidates.pop(0)
             up = self.upstreams[entry.model_id]
-            if not up.breaker.allow(self.clock()):
-                attempts.append({"model_id": entry.model_id, "skipped": "circuit_open"})
+            if not await self.may_try(adm, entry, attempts):
                 continue
             body = request.upstream_body(entry.model_id)
             started = time.perf_counter()
+            span = self.tracing.start(
+                f"chat {entry.model_id}", self.span_attributes(entry, request)
+            )
             try:
                 result = await up.client.chat(
                     body,
-                    timeout_s=self.upstream_timeout_s,
-                    traceparent=ctx.trace.traceparent,
+                    timeout_s=self.timeout(adm, entry),
+                    traceparent=self.tracing.traceparent(span, ctx.trace.traceparent),
                 )
             except UpstreamError as exc:
-                records.append(self.failed_attempt(entry, exc, attempts, started, received, reason))
-                if (
-                    exc.kind == "http"
-                    and exc.status is not None
-                    and 400 <= exc.status < 500
-                    and exc.status not in (408, 409, 429)
-                ):
+                self.tracing.end(span, f"upstream_{exc.kind}")
+                records.append(
+                    self.failed_attempt(
+                        entry, exc, attempts, started, received, reason, self.timeout(adm, entry)
+                    )
+                )
+                await self.settle(adm, entry, records[-1])
+                if exc.rejects_request and exc.status is not None:
                     self.account(records, caller=caller, ctx=ctx, request=request, tree=tree)
                     raise RequestError(
                         exc.status,
@@ -273,23 +360,11 @@ class ChatService:
                 continue
             up.breaker.record_success(self.clock())
             usage = await up.counter.usage_for_result(body, result)
-            gpu = self.gpu_ms(result.measurements)
             text = "".join(c.text for c in result.choices)
-            record = CallRecord(
-                entry=entry,
-                status="ok",
-                input_tokens=usage.prompt_tokens,
-                output_tokens=usage.completion_tokens,
-                cached_tokens=usage.cached_tokens or 0,
-                usage_source=usage.source,
-                latency_ms=result.measurements.latency_ms,
-                queue_delay_ms=(started - received) * 1000,
-                gpu_ms=gpu,
-                cost_usd=self.price(entry, usage, gpu),
-                completion_chars=len(text),
-                decision_reason=reason,
-                escalated=entry.tier == "escalation",
-            )
+            record = self.ok_record(entry, usage, result.measurements, started, received, reason)
+            record.completion_chars = len(text)
+            self.end_span(span, record)
+            await self.settle(adm, entry, record)
             attempts.append({"model_id": entry.model_id, "status": "ok"})
             signal = upstream_signal(text) if entry.tier != "escalation" else None
             if signal is not None and self.flags.escalation_enabled:
@@ -304,10 +379,128 @@ class ChatService:
                     candidates = [e for e in self.candidates(escalation) if e.tier == "escalation"]
                     continue
             records.append(record)
+            notice = self.notice(record, caller)
+            if notice:
+                tree["escalation_notice"] = notice
             self.account(records, caller=caller, ctx=ctx, request=request, tree=tree)
-            return self._answer(result.body, usage, record, records)
+            return self._answer(result.body, usage, record, records, adm, notice)
         return self.exhausted(
-            records, attempts, deferred, caller=caller, ctx=ctx, request=request, tree=tree
+            records, attempts, deferred, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm
+        )
+
+    @staticmethod
+    def new_tree(
+        decision: Decision, adm: Admission | None
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The event's decision tree (router + policy verdict) and its attempts list."""
+        tree = decision.decision_tree()
+        if adm is not None:
+            tree["policy"] = {"verdict": adm.verdict.action, "reasons": list(adm.verdict.reasons)}
+        attempts: list[dict[str, Any]] = []
+        tree["attempts"] = attempts
+        return tree, attempts
+
+    async def may_try(
+        self, adm: Admission | None, entry: ModelEntry, attempts: list[dict[str, Any]]
+    ) -> bool:
+        """Whether ``entry``'s circuit is closed and its worst case fits the budget."""
+        if not self.upstreams[entry.model_id].breaker.allow(self.clock()):
+            attempts.append({"model_id": entry.model_id, "skipped": "circuit_open"})
+            return False
+        if adm is None or self.gate is None:
+            return True
+        try:
+            fits = await self.gate.begin(adm, entry)
+        except BudgetUnavailable as exc:
+            log.warning("budget reservation for %s failed: %s", entry.model_id, exc)
+            if self.gate.enforce:
+                attempts.append({"model_id": entry.model_id, "skipped": "budget_unavailable"})
+                return False
+            return True
+        if not fits:
+            attempts.append({"model_id": entry.model_id, "skipped": "over_budget"})
+        return fits
+
+    def ok_record(
+        self,
+        entry: ModelEntry,
+        usage: Usage,
+        measurements: Measurements,
+        started: float,
+        received: float,
+        reason: str,
+    ) -> CallRecord:
+        """The priced record of an attempt that answered."""
+        gpu = self.gpu_ms(measurements)
+        cost, version = self.price(entry, usage, gpu)
+        return CallRecord(
+            entry=entry,
+            status="ok",
+            input_tokens=usage.prompt_tokens,
+            output_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens or 0,
+            usage_source=usage.source,
+            latency_ms=measurements.latency_ms,
+            queue_delay_ms=(started - received) * 1000,
+            gpu_ms=gpu,
+            cost_usd=cost,
+            rate_card_version=version,
+            decision_reason=reason,
+            escalated=entry.tier == "escalation",
+        )
+
+    @staticmethod
+    def span_attributes(entry: ModelEntry, request: ChatRequest) -> dict[str, Any]:
+        """GenAI semantic-convention attributes of an upstream call span (no prompt)."""
+        attrs: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": "llama.cpp" if "local" in entry.tags else "openai",
+            "gen_ai.request.model": entry.model_id,
+            "gen_ai.request.max_tokens": request.max_tokens,
+            "soma.tier": entry.tier,
+            "server.address": entry.base_url or "",
+        }
+        if request.temperature is not None:
+            attrs["gen_ai.request.temperature"] = request.temperature
+        return attrs
+
+    def end_span(self, span: Any, record: CallRecord) -> None:
+        self.tracing.set(
+            span,
+            gen_ai__response__model=record.entry.model_id,
+            gen_ai__usage__input_tokens=record.input_tokens,
+            gen_ai__usage__output_tokens=record.output_tokens,
+            soma__cost_usd=f"{record.cost_usd:f}",
+            soma__usage_source=record.usage_source,
+            soma__gpu_ms=record.gpu_ms,
+        )
+        self.tracing.end(span, None if record.status in ("ok", "fallback") else record.status)
+
+    async def settle(self, adm: Admission | None, entry: ModelEntry, record: CallRecord) -> None:
+        """Settle the attempt's budget reservation to what it used (zero when it failed)."""
+        if adm is None or self.gate is None:
+            return
+        await self.gate.end(
+            adm,
+            entry,
+            tokens=record.input_tokens + record.output_tokens,
+            cost_usd=record.cost_usd,
+            gpu_ms=record.gpu_ms,
+        )
+
+    def notice(self, record: CallRecord, caller: Caller) -> str | None:
+        """``escalated to X: +N USD est.`` for an escalated call (header and event)."""
+        if record.entry.tier != "escalation":
+            return None
+        return escalation_notice(
+            record,
+            primaries=[
+                e
+                for e in self.catalog.allowed_for(caller.persona, caller.role)
+                if e.tier == "primary" and e.model_id in self.upstreams
+            ],
+            rates=self.rates,
+            stats=self.stats(),
         )
 
     def exhausted(
@@ -320,6 +513,7 @@ class ChatService:
         ctx: RequestContext,
         request: ChatRequest,
         tree: dict[str, Any],
+        adm: Admission | None = None,
     ) -> ChatOutcome:
         """No candidate answered: the deferring primary's answer if there is one, else 503."""
         if deferred is not None:
@@ -328,7 +522,7 @@ class ChatService:
             answered.status = "ok"
             tree["escalation_failed"] = True
             self.account(records, caller=caller, ctx=ctx, request=request, tree=tree)
-            return self._answer(body, deferred_usage, answered, records)
+            return self._answer(body, deferred_usage, answered, records, adm, None)
         self.all_failed(records, attempts, caller=caller, ctx=ctx, request=request, tree=tree)
 
     def all_failed(
@@ -362,24 +556,49 @@ class ChatService:
         started: float,
         received: float,
         reason: str,
+        timeout_s: float | None = None,
     ) -> CallRecord:
-        """Count a failed upstream call against its breaker, list it, and return its record."""
+        """Count a failed upstream call against its breaker, list it, and return its record.
+
+        A call that timed out kept a self-hosted model busy until it was cancelled: its wall
+        time, at most the call's timeout, is charged as GPU time (at the GPU price; nothing
+        for a token-priced model).
+        """
         self.upstreams[entry.model_id].breaker.record_failure(self.clock())
         attempts.append({"model_id": entry.model_id, "error": exc.kind, "status": exc.status})
+        card = self.rates.current(entry.model_id, datetime.now(UTC))
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        limit_ms = (timeout_s or self.upstream_timeout_s) * 1000
+        gpu = round(min(elapsed_ms, limit_ms), 3) if exc.kind == "timeout" else 0.0
+        cost = Decimal(0)
+        if card is not None and isinstance(card.pricing, GpuPricing):
+            cost = call_cost(
+                card.pricing, input_tokens=0, output_tokens=0, cached_tokens=0, gpu_ms=gpu
+            )
+        else:
+            gpu = 0.0
         return CallRecord(
             entry=entry,
             status="error",
+            rate_card_version=card.version if card else "unpriced",
             usage_source="counted",
-            latency_ms=(time.perf_counter() - started) * 1000,
+            gpu_ms=gpu,
+            cost_usd=cost,
+            latency_ms=elapsed_ms,
             queue_delay_ms=(started - received) * 1000,
             error_code=f"upstream_{exc.kind}" + (f"_{exc.status}" if exc.status else ""),
             decision_reason=reason,
             escalated=entry.tier == "escalation",
         )
 
-    @staticmethod
     def _answer(
-        body: dict[str, Any], usage: Usage, record: CallRecord, records: list[CallRecord]
+        self,
+        body: dict[str, Any],
+        usage: Usage,
+        record: CallRecord,
+        records: list[CallRecord],
+        adm: Admission | None,
+        notice: str | None,
     ) -> ChatOutcome:
         out = dict(body)
         out.pop("timings", None)
@@ -394,5 +613,8 @@ class ChatService:
             **route_headers(record.entry),
             "x-soma-cost": f"{total:f}",
             "x-soma-usage-source": usage.source,
+            **self.gate_headers(adm),
         }
+        if notice:
+            headers["x-soma-escalation-notice"] = notice
         return ChatOutcome(body=out, headers=headers)

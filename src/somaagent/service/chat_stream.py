@@ -15,6 +15,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncGenerator
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -27,7 +28,8 @@ from somaagent.adapters.upstream import (
 )
 from somaagent.domain.chat_request import ChatRequest
 from somaagent.domain.identity import Caller, RequestContext
-from somaagent.domain.routing import ModelEntry
+from somaagent.domain.routing import Decision, ModelEntry
+from somaagent.service.admission import Admission
 from somaagent.service.call_events import CallRecord
 from somaagent.service.chat import ChatService, route_headers
 
@@ -42,26 +44,50 @@ async def open_stream(
     caller: Caller,
     ctx: RequestContext,
     received: float,
+    approval_id: str | None = None,
 ) -> tuple[dict[str, str], AsyncGenerator[bytes, None]]:
     """Connect to the first working candidate; return the headers and the SSE body."""
     decision = service.route(request, caller)
-    tree = decision.decision_tree()
-    attempts: list[dict[str, Any]] = []
-    tree["attempts"] = attempts
+    adm, candidates = await service.admit(request, caller, ctx, decision, approval_id)
+    handed_over = False
+    try:
+        headers, body = await _connect(
+            service, request, caller, ctx, received, decision, adm, candidates
+        )
+        handed_over = True
+        return headers, body
+    finally:
+        if not handed_over and adm is not None and service.gate is not None:
+            await service.gate.abandon(adm)
+
+
+async def _connect(
+    service: ChatService,
+    request: ChatRequest,
+    caller: Caller,
+    ctx: RequestContext,
+    received: float,
+    decision: Decision,
+    adm: Admission | None,
+    candidates: list[ModelEntry],
+) -> tuple[dict[str, str], AsyncGenerator[bytes, None]]:
+    tree, attempts = service.new_tree(decision, adm)
     failed: list[CallRecord] = []
     reason: str = decision.reason
-    for entry in service.candidates(decision):
+    for entry in candidates:
         up = service.upstreams[entry.model_id]
-        if not up.breaker.allow(service.clock()):
-            attempts.append({"model_id": entry.model_id, "skipped": "circuit_open"})
+        if not await service.may_try(adm, entry, attempts):
             continue
         acc = StreamAccumulator()
         body = request.upstream_body(entry.model_id)
         started = time.perf_counter()
+        span = service.tracing.start(
+            f"chat {entry.model_id}", service.span_attributes(entry, request)
+        )
         upstream = up.client.stream(
             body,
-            timeout_s=service.upstream_timeout_s,
-            traceparent=ctx.trace.traceparent,
+            timeout_s=service.timeout(adm, entry),
+            traceparent=service.tracing.traceparent(span, ctx.trace.traceparent),
             accumulator=acc,
         )
         try:
@@ -73,19 +99,27 @@ async def open_stream(
                 if isinstance(exc, UpstreamError)
                 else UpstreamError("protocol", "stream ended before any chunk")
             )
-            failed.append(service.failed_attempt(entry, error, attempts, started, received, reason))
+            service.tracing.end(span, f"upstream_{error.kind}")
+            failed.append(
+                service.failed_attempt(
+                    entry, error, attempts, started, received, reason, service.timeout(adm, entry)
+                )
+            )
+            await service.settle(adm, entry, failed[-1])
             reason = "fallback"
             continue
         up.breaker.record_success(service.clock())
         attempts.append({"model_id": entry.model_id, "status": "ok"})
         headers = {
             **route_headers(entry),
+            **service.gate_headers(adm),
             "cache-control": "no-cache",
             "x-accel-buffering": "no",
         }
         state = _Stream(
             service, request, caller, ctx, entry, tree, failed, reason, started, received, acc, body
         )
+        state.adm, state.span = adm, span
         return headers, state.run(first, upstream)
     service.all_failed(failed, attempts, caller=caller, ctx=ctx, request=request, tree=tree)
 
@@ -109,6 +143,8 @@ class _Stream:
         self.service, self.request, self.caller, self.ctx = service, request, caller, ctx
         self.entry, self.tree, self.failed, self.reason = entry, tree, failed, reason
         self.started, self.received, self.acc, self.body = started, received, acc, body
+        self.adm: Admission | None = None
+        self.span: Any = None
 
     async def run(
         self, first: StreamEvent, upstream: AsyncGenerator[StreamEvent, None]
@@ -126,10 +162,13 @@ class _Stream:
                     yield out
                 event = await upstream.__anext__()
             assert summary is not None
-            cost, usage_chunk = await self._settle(summary, interrupted=False)
+            cost, usage_chunk, notice = await self._settle(summary, interrupted=False)
             if usage_chunk:
                 yield usage_chunk
-            yield b": soma " + json.dumps({"cost_usd": f"{cost:f}"}).encode() + b"\n\n"
+            trailer = {"cost_usd": f"{cost:f}"}
+            if notice:
+                trailer["escalation_notice"] = notice
+            yield b": soma " + json.dumps(trailer).encode() + b"\n\n"
             yield _DONE
             finished = True
         except UpstreamError as exc:
@@ -163,7 +202,16 @@ class _Stream:
 
     async def _settle(
         self, summary: StreamSummary, *, interrupted: bool, error: UpstreamError | None = None
-    ) -> tuple[Decimal, bytes]:
+    ) -> tuple[Decimal, bytes, str | None]:
+        try:
+            return await self._account(summary, interrupted=interrupted, error=error)
+        finally:
+            if self.adm is not None and self.service.gate is not None:
+                await self.service.gate.abandon(self.adm)
+
+    async def _account(
+        self, summary: StreamSummary, *, interrupted: bool, error: UpstreamError | None = None
+    ) -> tuple[Decimal, bytes, str | None]:
         service, entry = self.service, self.entry
         up = service.upstreams[entry.model_id]
         try:
@@ -191,7 +239,15 @@ class _Stream:
             escalated=entry.tier == "escalation",
         )
         if usage is not None:
-            record.cost_usd = service.price(entry, usage, gpu)
+            record.cost_usd, record.rate_card_version = service.price(entry, usage, gpu)
+        else:
+            card = service.rates.current(entry.model_id, datetime.now(UTC))
+            record.rate_card_version = card.version if card else "unpriced"
+        service.end_span(self.span, record)
+        await service.settle(self.adm, entry, record)
+        notice = service.notice(record, self.caller) if record.status == "ok" else None
+        if notice:
+            self.tree["escalation_notice"] = notice
         records = [*self.failed, record]
         service.account(
             records,
@@ -217,4 +273,4 @@ class _Stream:
             }
             chunk = b"data: " + json.dumps(payload).encode() + b"\n\n"
         total = sum((r.cost_usd for r in records), Decimal(0))
-        return total, chunk
+        return total, chunk, notice

@@ -32,6 +32,16 @@ class UpstreamError(Exception):
         self.message = one_line(message)
         super().__init__(self.message)
 
+    @property
+    def rejects_request(self) -> bool:
+        """A 4xx about the request itself (not 408/409/429): another model would refuse too."""
+        return (
+            self.kind == "http"
+            and self.status is not None
+            and 400 <= self.status < 500
+            and self.status not in (408, 409, 429)
+        )
+
     def __repr__(self) -> str:
         return (
             f"UpstreamError(kind={self.kind!r}, status={self.status!r}, message={self.message!r})"

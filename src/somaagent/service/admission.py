@@ -1,0 +1,548 @@
+"""Budget and policy admission of one chat request, and the reservation of each attempt.
+
+Order of work for a request (``Gatekeeper.admit``):
+
+1. the worst case of every model the caller may use (``domain.worst_case``);
+2. the caller's budgets and their live state (Redis; rebuilt from Postgres when missing);
+3. the policy verdict (OPA) on the request envelope, budget state, router decision, prompt
+   hash, policy version and constitution hash, emitted as a ``policy.events`` event with the
+   policy latency;
+4. in ``enforce`` mode the verdict is acted on (``allow``; ``downgrade`` to the model the
+   policy names; ``pause`` -> 429 with ``Retry-After``; ``require_approval`` -> queued,
+   403 ``approval_required`` with the approval id; ``deny`` -> 403 ``policy_denied``); in
+   ``permissive`` mode it is only logged and emitted (``overridden``);
+5. the worst case of the model to call is reserved atomically. A reservation the budget
+   refuses (a concurrent request won the race) sends the request back to step 2, at most
+   ``_MAX_ROUNDS`` times; the budgets always hold, whatever the mode.
+
+Each upstream attempt runs under a reservation for its own model (``begin``), and is settled
+to its actual usage when it ends (``end``; an attempt that failed settles to zero, i.e. a
+release). GPU-priced calls get a deadline that keeps them inside their reserved GPU time.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+from somaagent.adapters.approvals import Approval, ApprovalError, ApprovalStore
+from somaagent.domain.budgets import (
+    Amounts,
+    BudgetState,
+    BudgetUnavailable,
+    gpu_ms_to_us_ceil,
+    usd_to_nano_ceil,
+)
+from somaagent.domain.chat_request import ChatRequest, RequestError
+from somaagent.domain.events import SCHEMA_VERSION, Event, PolicyEvent, new_event_id, utc_now_iso
+from somaagent.domain.identity import Caller, RequestContext
+from somaagent.domain.policy import Verdict
+from somaagent.domain.policy_input import policy_input
+from somaagent.domain.ratecards import RateBook
+from somaagent.domain.routing import Decision, GpuPricing, ModelEntry
+from somaagent.domain.worst_case import WorstCase, prompt_token_bound, worst_case
+from somaagent.observability import GatewayMetrics
+from somaagent.observability.tracing import Tracing
+from somaagent.service.budgets import BudgetService
+
+__all__ = ["Admission", "Gatekeeper"]
+
+log = logging.getLogger("somaagent.admission")
+_MAX_ROUNDS = 3
+
+
+class PolicyPort(Protocol):
+    async def aevaluate(self, input_doc: Mapping[str, Any]) -> Verdict: ...
+
+
+@dataclass
+class Admission:
+    """What ``admit`` decided for one request; ``begin``/``end`` use it per attempt."""
+
+    caller: Caller
+    ctx: RequestContext
+    request: ChatRequest
+    prompt_hash: str
+    verdict: Verdict
+    entry: ModelEntry
+    worst: dict[str, WorstCase]
+    budgeted: bool
+    states: list[BudgetState] = field(default_factory=list)
+    reservation: str | None = None
+    reserved_model: str | None = None
+    approval: Approval | None = None
+    spent_usd: Decimal = field(default_factory=Decimal)
+    spent: Amounts = field(default_factory=Amounts)
+
+    @property
+    def time_limited(self) -> bool:
+        """Whether a budget limits money or GPU time (what a GPU-priced call's time costs)."""
+        return any(
+            s.limits.usd_nano is not None or s.limits.gpu_us is not None for s in self.states
+        )
+
+    def deadline(self, entry: ModelEntry, timeout_s: float) -> float:
+        """The upstream timeout; the reserved GPU time bounds it when a budget limits money
+        or GPU time (a tokens-only budget is bounded by ``max_tokens`` alone)."""
+        bound = self.worst.get(entry.model_id)
+        if self.time_limited and bound is not None and bound.deadline_s is not None:
+            return min(timeout_s, bound.deadline_s)
+        return timeout_s
+
+    def remaining_header(self) -> str | None:
+        """``x-soma-budget-remaining``: the tightest budget's remaining amounts."""
+        if not self.states:
+            return None
+        tight = min(self.states, key=lambda s: s.remaining_ratio())
+        return tight.describe_remaining(minus_usd=self.spent_usd)
+
+
+@dataclass
+class Gatekeeper:
+    budgets: BudgetService | None
+    policy: PolicyPort | None
+    approvals: ApprovalStore | None
+    rates: RateBook
+    live: Callable[[Caller], Sequence[ModelEntry]]
+    emit: Callable[[list[Event]], None]
+    enforce: bool
+    fail_closed: bool
+    policy_version: str
+    constitution_hash: str
+    upstream_timeout_s: float
+    approval_ttl_s: float
+    producer: str
+    unavailable: tuple[type[BaseException], ...] = ()
+    reservation_grace_s: float = 30.0
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    metrics: GatewayMetrics | None = None
+    close_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    tracing: Tracing = field(default_factory=lambda: Tracing(None))
+
+    async def aclose(self) -> None:
+        """Flush budget charges, then close the budget and policy adapters."""
+        if self.budgets is not None:
+            await self.budgets.aclose()
+        for hook in self.close_hooks:
+            await hook()
+
+    # ------------------------------------------------------------------ bounds
+    def bound(self, entry: ModelEntry, request: ChatRequest, prompt_tokens: int) -> WorstCase:
+        card = self.rates.current(entry.model_id, self.clock())
+        pricing = card.pricing if card is not None else entry.pricing
+        return worst_case(
+            model_id=entry.model_id,
+            pricing=pricing,
+            prompt_tokens=prompt_tokens,
+            max_tokens=request.max_tokens,
+            max_ms_per_token=card.max_ms_per_token if card is not None else None,
+            timeout_s=self.upstream_timeout_s,
+        )
+
+    @staticmethod
+    def amounts(bound: WorstCase) -> Amounts:
+        return Amounts(
+            tokens=bound.tokens,
+            usd_nano=usd_to_nano_ceil(bound.usd),
+            gpu_us=gpu_ms_to_us_ceil(bound.gpu_ms),
+        )
+
+    # ------------------------------------------------------------------ admit
+    async def admit(
+        self,
+        request: ChatRequest,
+        caller: Caller,
+        ctx: RequestContext,
+        decision: Decision,
+        *,
+        approval_id: str | None = None,
+    ) -> Admission:
+        """Verdict, then a reservation for the model to call; RequestError when refused.
+
+        Budgets that cannot be checked (Redis or PostgreSQL down) refuse the request with a
+        503 in ``enforce`` mode; in ``permissive`` mode the request runs unbudgeted.
+        """
+        try:
+            return await self._admit(request, caller, ctx, decision, approval_id, budgets=True)
+        except BudgetUnavailable as exc:
+            if self.enforce:
+                raise RequestError(
+                    503,
+                    f"budgets cannot be checked right now, so nothing is spent: {exc}",
+                    code="budgets_unavailable",
+                    kind="server_error",
+                ) from None
+            log.warning("budgets unavailable; permissive mode runs the request: %s", exc)
+            return await self._admit(request, caller, ctx, decision, approval_id, budgets=False)
+
+    async def _admit(
+        self,
+        request: ChatRequest,
+        caller: Caller,
+        ctx: RequestContext,
+        decision: Decision,
+        approval_id: str | None,
+        *,
+        budgets: bool,
+    ) -> Admission:
+        prompt_hash = request.prompt_hash
+        prompt_tokens = prompt_token_bound(request.messages)
+        models = {e.model_id: e for e in (decision.model, *self.live(caller))}
+        worst = {m: self.bound(e, request, prompt_tokens) for m, e in models.items()}
+        budgeted = (
+            budgets
+            and self.budgets is not None
+            and await self.budgets.has_budgets(caller.tenant, caller.persona)
+        )
+        approval = self._approval(approval_id, caller, prompt_hash) if approval_id else None
+        for _ in range(_MAX_ROUNDS):
+            states = (
+                await self.budgets.state(caller.tenant, caller.persona, self.clock())
+                if budgeted and self.budgets is not None
+                else []
+            )
+            verdict = await self._verdict(
+                request, caller, ctx, decision, worst, models, states, approval, prompt_hash
+            )
+            entry = self._act(verdict, decision, models, request, caller, ctx, prompt_hash, worst)
+            adm = Admission(
+                caller=caller,
+                ctx=ctx,
+                request=request,
+                prompt_hash=prompt_hash,
+                verdict=verdict,
+                entry=entry,
+                worst=worst,
+                budgeted=budgeted,
+                states=states,
+                approval=approval,
+            )
+            if not budgeted or await self.begin(adm, entry):
+                if approval is not None:
+                    self._claim(approval, caller, prompt_hash)
+                return adm
+            if not self.enforce:
+                return adm  # permissive: run unreserved; the spend is still settled
+        raise RequestError(
+            429,
+            "the budget is being used by concurrent requests; retry shortly",
+            code="budget_contended",
+            kind="rate_limit_error",
+        )
+
+    async def _verdict(
+        self,
+        request: ChatRequest,
+        caller: Caller,
+        ctx: RequestContext,
+        decision: Decision,
+        worst: dict[str, WorstCase],
+        models: dict[str, ModelEntry],
+        states: list[BudgetState],
+        approval: Approval | None,
+        prompt_hash: str,
+    ) -> Verdict:
+        doc = policy_input(
+            request=request,
+            caller=caller,
+            ctx=ctx,
+            decision=decision,
+            candidates={m: (models[m], self.amounts(w)) for m, w in worst.items()},
+            states=states,
+            approval=approval,
+            prompt_hash=prompt_hash,
+            policy_version=self.policy_version,
+            constitution_hash=self.constitution_hash,
+        )
+        with self.tracing.span("policy.evaluate") as span:
+            verdict, latency_ms = await self._evaluate(doc, ctx, decision)
+            self.tracing.set(
+                span,
+                soma__policy__verdict=verdict.action,
+                soma__policy__model=verdict.model_id,
+                soma__policy__latency_ms=round(latency_ms, 3),
+                soma__policy__version=self.policy_version,
+            )
+        blocks = verdict.action in ("pause", "require_approval", "deny")
+        self._emit_verdict(
+            ctx,
+            verdict,
+            blocked=blocks and self.enforce,
+            overridden=verdict.action != "allow" and not self.enforce,
+            latency_ms=latency_ms,
+        )
+        if self.metrics is not None:
+            self.metrics.record_policy(verdict.action, latency_ms / 1000)
+            self.publish_ratios(caller, states, Amounts())
+            if blocks and self.enforce:
+                self.metrics.record_call(
+                    tenant=caller.tenant,
+                    persona=caller.persona,
+                    model=decision.model.model_id,
+                    tier=decision.model.tier,
+                    status="refused",
+                    input_tokens=None,
+                    output_tokens=None,
+                    duration_s=0.0,
+                    cost_usd=Decimal(0),
+                )
+        return verdict
+
+    def publish_ratios(self, caller: Caller, states: list[BudgetState], extra: Amounts) -> None:
+        """``soma_budget_remaining_ratio`` of each budget, counting ``extra`` as spent too."""
+        if self.metrics is None:
+            return
+        for st in states:
+            used = st.spent + st.reserved + extra
+            limits = (st.limits.tokens, st.limits.usd_nano, st.limits.gpu_us)
+            ratios = [
+                (limit - u) / limit if limit > 0 else 0.0
+                for limit, u in zip(limits, used.as_tuple(), strict=True)
+                if limit is not None
+            ]
+            self.metrics.set_budget_remaining(
+                tenant=caller.tenant,
+                persona=st.budget.persona or "-",
+                window=st.budget.window,
+                ratio=min(ratios) if ratios else 1.0,
+            )
+
+    async def _evaluate(
+        self, doc: Mapping[str, Any], ctx: RequestContext, decision: Decision
+    ) -> tuple[Verdict, float]:
+        started = time.perf_counter()
+        if self.policy is None:
+            verdict = Verdict(
+                "allow", ("no policy engine is configured",), decision.model.model_id, None
+            )
+        else:
+            try:
+                verdict = await self.policy.aevaluate(doc)
+            except self.unavailable as exc:
+                if self.fail_closed:
+                    self._emit_verdict(
+                        ctx,
+                        Verdict(
+                            "deny",
+                            (f"policy engine unavailable: {exc}",),
+                            decision.model.model_id,
+                            None,
+                        ),
+                        blocked=True,
+                        overridden=False,
+                        latency_ms=(time.perf_counter() - started) * 1000,
+                    )
+                    raise RequestError(
+                        503,
+                        f"the policy engine is unavailable and this deployment fails closed: {exc}",
+                        code="policy_unavailable",
+                        kind="server_error",
+                    ) from None
+                log.warning("policy engine unavailable, failing open: %s", exc)
+                verdict = Verdict(
+                    "allow",
+                    (f"policy engine unavailable (fail open): {exc}",),
+                    decision.model.model_id,
+                    None,
+                )
+        return verdict, (time.perf_counter() - started) * 1000
+
+    def _emit_verdict(
+        self,
+        ctx: RequestContext,
+        verdict: Verdict,
+        *,
+        blocked: bool,
+        overridden: bool,
+        latency_ms: float,
+    ) -> None:
+        event = PolicyEvent(
+            event_id=new_event_id(),
+            schema_version=SCHEMA_VERSION,
+            occurred_at=utc_now_iso(),
+            **ctx.envelope_fields(),
+            producer=self.producer,
+            model_id=verdict.model_id,
+            action="model_call",
+            verdict=verdict.action,
+            reasons=list(verdict.reasons)[:32],
+            blocked=blocked,
+            overridden=overridden,
+            policy_latency_ms=round(latency_ms, 3),
+            policy_version=self.policy_version,
+            constitution_hash=self.constitution_hash,
+        )
+        self.emit([event])
+
+    def _act(
+        self,
+        verdict: Verdict,
+        decision: Decision,
+        models: dict[str, ModelEntry],
+        request: ChatRequest,
+        caller: Caller,
+        ctx: RequestContext,
+        prompt_hash: str,
+        worst: dict[str, WorstCase],
+    ) -> ModelEntry:
+        """The model to call under ``verdict``; RequestError when the verdict refuses."""
+        if verdict.action == "allow" or not self.enforce:
+            return decision.model
+        reasons = "; ".join(verdict.reasons)
+        if verdict.action == "downgrade":
+            target = models.get(verdict.model_id)
+            if target is None:
+                raise RequestError(
+                    503,
+                    f"the policy downgraded to {verdict.model_id!r}, which is not live",
+                    code="policy_error",
+                    kind="server_error",
+                )
+            return target
+        if verdict.action == "pause":
+            raise RequestError(
+                429,
+                f"paused by budget policy until {verdict.retry_after}: {reasons}",
+                code="budget_paused",
+                kind="rate_limit_error",
+                headers=_retry_after(verdict.retry_after, self.clock()),
+            )
+        if verdict.action == "require_approval":
+            if self.approvals is None:
+                raise RequestError(
+                    403,
+                    f"approval required but no approvals queue: {reasons}",
+                    code="approval_required",
+                )
+            bound = worst[decision.model.model_id]
+            row = self.approvals.create(
+                tenant=caller.tenant,
+                persona=caller.persona,
+                role=caller.role,
+                model_id=decision.model.model_id,
+                prompt_hash=prompt_hash,
+                max_tokens=request.max_tokens,
+                worst_case_usd=bound.usd,
+                reasons=verdict.reasons,
+                budget_trace_id=ctx.budget_trace_id,
+                ttl_s=self.approval_ttl_s,
+            )
+            raise RequestError(
+                403,
+                f"this request needs an operator's approval ({row.approval_id}): {reasons}."
+                f" Poll GET /v1/approvals/{row.approval_id}; once approved, send the same"
+                f" request again with the header X-Soma-Approval: {row.approval_id}",
+                code="approval_required",
+                kind="permission_error",
+                headers={"x-soma-approval-id": row.approval_id},
+                extra={
+                    "approval_id": row.approval_id,
+                    "poll_url": f"/v1/approvals/{row.approval_id}",
+                },
+            )
+        raise RequestError(
+            403, f"denied by policy: {reasons}", code="policy_denied", kind="permission_error"
+        )
+
+    def _approval(self, approval_id: str, caller: Caller, prompt_hash: str) -> Approval:
+        if self.approvals is None:
+            raise RequestError(400, "this gateway has no approvals queue", param="X-Soma-Approval")
+        row = self.approvals.get(approval_id)
+        if row is None or row.tenant != caller.tenant:
+            raise RequestError(404, f"no approval {approval_id!r}", code="approval_not_found")
+        if row.prompt_hash != prompt_hash:
+            raise RequestError(
+                409,
+                f"approval {approval_id} was granted for a different prompt",
+                code="approval_mismatch",
+            )
+        if row.status != "approved":
+            raise RequestError(
+                409,
+                f"approval {approval_id} is {row.status}, not approved",
+                code="approval_not_approved",
+            )
+        return row
+
+    def _claim(self, approval: Approval, caller: Caller, prompt_hash: str) -> None:
+        assert self.approvals is not None
+        try:
+            self.approvals.claim(
+                approval.approval_id, tenant=caller.tenant, prompt_hash=prompt_hash
+            )
+        except ApprovalError as exc:
+            raise RequestError(409, str(exc), code="approval_not_approved") from None
+
+    # ------------------------------------------------------------------ attempts
+    async def begin(self, adm: Admission, entry: ModelEntry) -> bool:
+        """Reserve ``entry``'s worst case for the next attempt; False when it does not fit.
+
+        Raises ``BudgetUnavailable`` when the budgets cannot be reached.
+        """
+        if not adm.budgeted or self.budgets is None:
+            return True
+        if adm.reservation is not None and adm.reserved_model == entry.model_id:
+            return True
+        if adm.reservation is not None:
+            await self.budgets.release(adm.reservation)
+            adm.reservation = adm.reserved_model = None
+        bound = adm.worst.get(entry.model_id)
+        if bound is None:
+            bound = self.bound(entry, adm.request, prompt_token_bound(adm.request.messages))
+            adm.worst[entry.model_id] = bound
+        rid = "res_" + secrets.token_hex(12)
+        outcome = await self.budgets.reserve(
+            tenant=adm.caller.tenant,
+            persona=adm.caller.persona,
+            amounts=self.amounts(bound),
+            reservation_id=rid,
+            # the hold outlives the call's deadline by the time settling can take
+            deadline_s=adm.deadline(entry, self.upstream_timeout_s) + self.reservation_grace_s,
+            at=self.clock(),
+        )
+        ok = bool(outcome)
+        if ok:
+            adm.reservation, adm.reserved_model = rid, entry.model_id
+        elif not self.enforce:
+            adm.reservation, adm.reserved_model = rid, entry.model_id  # settle still counts
+            return True
+        return ok
+
+    async def end(
+        self, adm: Admission, entry: ModelEntry, *, tokens: int, cost_usd: Decimal, gpu_ms: float
+    ) -> None:
+        """Settle the attempt's reservation to what it actually used."""
+        if not adm.budgeted or self.budgets is None or adm.reservation is None:
+            return
+        card = self.rates.current(entry.model_id, self.clock())
+        pricing = card.pricing if card is not None else entry.pricing
+        gpu = Decimal(repr(float(gpu_ms))) if isinstance(pricing, GpuPricing) else Decimal(0)
+        rid, adm.reservation, adm.reserved_model = adm.reservation, None, None
+        await self.budgets.settle(
+            rid, model_id=entry.model_id, tokens=tokens, cost_usd=cost_usd, gpu_ms=gpu
+        )
+        adm.spent_usd += cost_usd
+        adm.spent = adm.spent + Amounts.of_charge(tokens, cost_usd, gpu)
+        self.publish_ratios(adm.caller, adm.states, adm.spent)
+
+    async def abandon(self, adm: Admission) -> None:
+        """Release an unused reservation (the request ended without another attempt)."""
+        if adm.reservation is not None and self.budgets is not None:
+            rid, adm.reservation, adm.reserved_model = adm.reservation, None, None
+            await self.budgets.release(rid)
+
+
+def _retry_after(retry_after: str | None, now: datetime) -> dict[str, str]:
+    if not retry_after:
+        return {}
+    try:
+        at = datetime.fromisoformat(retry_after.replace("Z", "+00:00"))
+    except ValueError:
+        return {}
+    return {"retry-after": str(max(1, int((at - now).total_seconds()) + 1))}

@@ -1,0 +1,154 @@
+"""Each policy verdict end to end: the real OPA engine, budgets, models and pipeline."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+import httpx
+
+from somaagent.bootstrap import Container
+from somaagent.domain.worst_case import prompt_token_bound
+from somaagent.settings import Settings
+from tests.e2e.budget_support import create_budget, gateway_url, make_keys, new_tenant
+from tests.e2e.gateway_support import running_gateway
+from tests.e2e.test_chat_gateway import COMPLEX, events_for
+from tests.integration.telemetry_support import wait_until
+
+GPU_HOUR = Decimal("0.10")  # both local models' rate card (ratecards.default.yaml)
+MS_PER_TOKEN = {"smollm2-135m-instruct": Decimal(250), "qwen2.5-coder-0.5b-instruct": Decimal(500)}
+
+
+def worst_usd(model: str, tokens: int) -> Decimal:
+    return GPU_HOUR * MS_PER_TOKEN[model] * tokens / Decimal(3_600_000)
+
+
+def post(gw: Settings, key: str, body: dict[str, object], **headers: str) -> httpx.Response:
+    return httpx.post(
+        gateway_url(gw) + "/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {key}", **headers},
+        timeout=300,
+    )
+
+
+def test_downgrade_to_the_cheapest_model_that_fits(
+    stack: Settings, pipeline: tuple[Container, dict[str, str]]
+) -> None:
+    worker, env = pipeline
+    tenant = new_tenant("down")
+    operator, dev = make_keys(stack, tenant, ("ops", "admin"), ("developer", "developer"))
+    messages = [{"role": "user", "content": COMPLEX}]
+    tokens = prompt_token_bound(messages) + 8
+    small = worst_usd("smollm2-135m-instruct", tokens)
+    big = worst_usd("qwen2.5-coder-0.5b-instruct", tokens)
+    limit = ((small + big) / 2).quantize(Decimal("1e-9"))
+    session = f"down-{uuid.uuid4().hex[:8]}"
+    gw_env = {
+        **env,
+        "SOMA_POLICY_MODE": "enforce",
+        "ESCALATION_ENABLED": "true",
+        "SOMA_UPSTREAM_TIMEOUT_S": "900",
+    }
+    with running_gateway(gw_env) as gw:
+        create_budget(gw, operator, window="daily", timezone="UTC", limit_usd=f"{limit:f}")
+        r = post(
+            gw,
+            dev,
+            {"model": "auto", "messages": messages, "max_tokens": 8},
+            **{"X-Soma-Session-Id": session},
+        )
+        assert r.status_code == 200, r.text
+        assert r.headers["x-soma-policy-verdict"] == "downgrade"
+        assert r.headers["x-soma-model"] == "smollm2-135m-instruct"
+        assert "x-soma-budget-remaining" in r.headers
+    assert wait_until(lambda: len(events_for(worker, "slm_metrics", session)) == 1)
+    tree = events_for(worker, "slm_metrics", session)[0]["decision_tree"]
+    assert '"verdict":"downgrade"' in str(tree).replace(" ", "")
+    assert wait_until(lambda: len(events_for(worker, "policy_events", session)) == 1)
+    event = events_for(worker, "policy_events", session)[0]
+    assert event["verdict"] == "downgrade" and event["blocked"] is False
+    assert float(str(event["policy_latency_ms"])) > 0
+    assert len(str(event["constitution_hash"])) == 64
+
+
+def test_require_approval_then_the_approved_request_runs_once(
+    stack: Settings, pipeline: tuple[Container, dict[str, str]]
+) -> None:
+    worker, env = pipeline
+    tenant = new_tenant("appr")
+    operator, user = make_keys(stack, tenant, ("ops", "operator"), ("support", "user"))
+    body = {
+        "model": "smollm2-135m-instruct",
+        "messages": [{"role": "user", "content": "Say hi."}],
+        "max_tokens": 8,
+    }
+    session = f"appr-{uuid.uuid4().hex[:8]}"
+    with running_gateway({**env, "SOMA_POLICY_MODE": "enforce"}) as gw:
+        create_budget(
+            gw,
+            operator,
+            window="monthly",
+            timezone="Asia/Kolkata",
+            limit_usd="5",
+            approval_above_usd="0.000000001",
+        )
+        first = post(gw, user, body, **{"X-Soma-Session-Id": session})
+        assert first.status_code == 403, first.text
+        error = first.json()["error"]
+        assert error["code"] == "approval_required"
+        approval_id = error["approval_id"]
+        assert first.headers["x-soma-approval-id"] == approval_id
+        url = gateway_url(gw) + f"/v1/approvals/{approval_id}"
+        polled = httpx.get(url, headers={"Authorization": f"Bearer {user}"}, timeout=30)
+        assert polled.json()["status"] == "pending"
+        # running it before approval, or a user deciding, does not work
+        early = post(gw, user, body, **{"X-Soma-Approval": approval_id})
+        assert early.status_code == 409
+        denied = httpx.post(url + "/approve", headers={"Authorization": f"Bearer {user}"})
+        assert denied.status_code == 403
+        ok = httpx.post(
+            url + "/approve", headers={"Authorization": f"Bearer {operator}"}, timeout=30
+        )
+        assert ok.status_code == 200 and ok.json()["status"] == "approved"
+        other = post(
+            gw,
+            user,
+            {**body, "messages": [{"role": "user", "content": "Something else."}]},
+            **{"X-Soma-Approval": approval_id},
+        )
+        assert other.status_code == 409, "an approval is for its own prompt only"
+        run = post(gw, user, body, **{"X-Soma-Approval": approval_id, "X-Soma-Session-Id": session})
+        assert run.status_code == 200, run.text
+        assert run.headers["x-soma-policy-verdict"] == "allow"
+        again = post(gw, user, body, **{"X-Soma-Approval": approval_id})
+        assert again.status_code == 409, "an approval runs one request"
+        used = httpx.get(url, headers={"Authorization": f"Bearer {user}"}, timeout=30)
+        assert used.json()["status"] == "used"
+    assert wait_until(lambda: len(events_for(worker, "policy_events", session)) == 2)
+    verdicts = [e["verdict"] for e in events_for(worker, "policy_events", session)]
+    assert sorted(verdicts) == ["allow", "require_approval"]
+
+
+def test_permissive_mode_logs_the_verdict_and_blocks_nothing(
+    stack: Settings, pipeline: tuple[Container, dict[str, str]]
+) -> None:
+    worker, env = pipeline
+    tenant = new_tenant("perm")
+    operator, user = make_keys(stack, tenant, ("ops", "admin"), ("support", "user"))
+    session = f"perm-{uuid.uuid4().hex[:8]}"
+    body = {
+        "model": "smollm2-135m-instruct",
+        "messages": [{"role": "user", "content": "Say hi."}],
+        "max_tokens": 8,
+    }
+    with running_gateway({**env, "SOMA_POLICY_MODE": "permissive"}) as gw:
+        create_budget(
+            gw, operator, window="daily", timezone="UTC", limit_tokens=1, on_exceed="deny"
+        )
+        r = post(gw, user, body, **{"X-Soma-Session-Id": session})
+        assert r.status_code == 200, r.text
+        assert r.headers["x-soma-policy-verdict"] == "deny (not enforced)"
+    assert wait_until(lambda: len(events_for(worker, "policy_events", session)) == 1)
+    event = events_for(worker, "policy_events", session)[0]
+    assert (event["verdict"], event["blocked"], event["overridden"]) == ("deny", False, True)
