@@ -12,6 +12,7 @@ still accounted (in a background task) and the turn is recorded as interrupted.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import time
 from collections.abc import AsyncGenerator
@@ -145,6 +146,9 @@ class _Stream:
         self.started, self.received, self.acc, self.body = started, received, acc, body
         self.adm: Admission | None = None
         self.span: Any = None
+        # The body runs after the handler has left the request's span and log context:
+        # accounting re-enters them so its spans and log lines stay in the request's trace.
+        self.context = contextvars.copy_context()
 
     async def run(
         self, first: StreamEvent, upstream: AsyncGenerator[StreamEvent, None]
@@ -249,7 +253,8 @@ class _Stream:
         if notice:
             self.tree["escalation_notice"] = notice
         records = [*self.failed, record]
-        service.account(
+        self.context.run(
+            service.account,
             records,
             caller=self.caller,
             ctx=self.ctx,
