@@ -6,7 +6,9 @@ One run measures, against the same fixed-response OpenAI-compatible upstream
 * direct: the load generator calls the upstream itself (the baseline and its capacity);
 * gateway: ``python -m somaagent.entrypoints.gateway`` with telemetry on (every call is
   validated, written to the spool and produced to Kafka; the telemetry worker runs as its
-  own process and stores into ClickHouse); budgets do not exist yet;
+  own process and stores into ClickHouse) and budgets and policy on (``enforce``: the
+  caller's tenant has a daily and a monthly budget, every call is evaluated by the OPA
+  engine in-process, reserved and settled in Redis, its charge written to Postgres);
 * litellm: the LiteLLM proxy (pinned version, own virtualenv), one uvicorn worker.
 
 The gateway and LiteLLM run pinned to core 0; the load generator (this process), the
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -85,6 +88,16 @@ models:
       default: 5000
     license: Apache-2.0
     tags: [bench, local]
+"""
+
+RATECARDS = """version: 1
+cards:
+  - version: "bench-1"
+    effective_from: "2026-01-01T00:00:00Z"
+    source: "benchmark"
+    models:
+      {fixed}: {{gpu_hour_usd: "0.10", gpus: 1, max_ms_per_token: "250"}}
+      {real}: {{gpu_hour_usd: "0.10", gpus: 1, max_ms_per_token: "250"}}
 """
 
 
@@ -367,6 +380,8 @@ def prepare(args: argparse.Namespace) -> tuple[Settings, dict[str, str]]:
         "SOMA_PORT_BASE": str(args.port_base),
         "SOMA_WORKER_GROUP": f"bench-{uuid.uuid4().hex[:6]}",
         "SOMA_CATALOG_FILE": str(state / "catalog.yaml"),
+        "SOMA_RATECARDS_FILE": str(state / "ratecards.yaml"),
+        "SOMA_POLICY_MODE": "enforce",
         "SOMA_MODEL_THREADS": "1",
     }
     settings = load_settings(env)
@@ -383,15 +398,46 @@ def prepare(args: argparse.Namespace) -> tuple[Settings, dict[str, str]]:
             real_sha=settings.primary_model_sha256,
         )
     )
+    (state / "ratecards.yaml").write_text(RATECARDS.format(fixed=FIXED_MODEL, real=REAL_MODEL))
     return settings, env
+
+
+def create_budgets(run: Run) -> list[str]:
+    """A daily and a monthly budget for the benchmark's (anonymous LOCAL) tenant, large
+    enough that every call is admitted: each call still reserves, settles and is charged."""
+    ids = []
+    for window in ("daily", "monthly"):
+        argv = [
+            sys.executable,
+            "-m",
+            "somaagent.entrypoints.cli",
+            "budgets",
+            "create",
+            "--tenant",
+            run.settings.anonymous_tenant,
+            "--window",
+            window,
+            "--tz",
+            "UTC",
+            "--tokens",
+            str(10**13),
+            "--usd",
+            "900000",
+        ]
+        out = subprocess.run(argv, env=run.env, cwd=ROOT, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"budgets create failed: {out.stderr.strip() or out.stdout}")
+        ids.append(out.stdout.strip().splitlines()[-1])
+    return ids
 
 
 def measure_all(run: Run, supervisor: Supervisor, report: dict[str, Any]) -> None:
     """Every measurement of the run, in order, into ``report``."""
     args = run.args
-    supervisor.up(only=["kafka", "postgres"])
+    supervisor.up(only=["kafka", "postgres", "redis"])
     run.start_upstream()
     run.start_worker()
+    report["budgets"] = create_budgets(run)
     run.start_gateway(worker_inside=False)
     lite = {"status": "skipped (--no-litellm)"} if args.no_litellm else run.start_litellm()
     with_litellm = lite["status"] == "measured"
@@ -449,7 +495,8 @@ def main() -> None:
         "telemetry": "on: validated slm.metrics + conversation.metrics per call, spool + Kafka",
         "headline_worker": "separate process on core 1 (levels); worker inside the gateway "
         "process: gateway_worker_in_process_c16",
-        "budgets": "not implemented yet",
+        "budgets": "on: 2 budgets (daily, monthly) per call, Redis reserve + settle, OPA "
+        "verdict in-process (enforce), charge to Postgres, policy.events per call",
         "auth": "anonymous caller (LOCAL) on the gateway; no master key on LiteLLM",
         "load_generator": "aiohttp closed loop, keep-alive pool of `concurrency` connections",
         "seconds_total": round(time.monotonic() - started, 1),

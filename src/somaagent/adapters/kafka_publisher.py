@@ -101,7 +101,7 @@ class KafkaPublisher:
                     self._enter_degraded("local producer queue full")
                     self.stats.spooled += len(records)
                     return
-        self._producer.poll(0)
+        # Delivery reports are served by the background thread (``_run``), in batches.
 
     def publish(self, topic: str, key: bytes, value: bytes) -> None:
         self.publish_many([(topic, key, value)])

@@ -79,6 +79,12 @@ class Admission:
     approval: Approval | None = None
     spent_usd: Decimal = field(default_factory=Decimal)
     spent: Amounts = field(default_factory=Amounts)
+    events: list[Event] = field(default_factory=list)
+
+    def take_events(self) -> list[Event]:
+        """The events held back for the request's single publish (the policy verdict)."""
+        events, self.events = self.events, []
+        return events
 
     @property
     def time_limited(self) -> bool:
@@ -201,16 +207,24 @@ class Gatekeeper:
             and await self.budgets.has_budgets(caller.tenant, caller.persona)
         )
         approval = self._approval(approval_id, caller, prompt_hash) if approval_id else None
+        held: list[Event] = []  # verdict events: published with the call's, or at a refusal
         for _ in range(_MAX_ROUNDS):
             states = (
                 await self.budgets.state(caller.tenant, caller.persona, self.clock())
                 if budgeted and self.budgets is not None
                 else []
             )
-            verdict = await self._verdict(
+            verdict, event = await self._verdict(
                 request, caller, ctx, decision, worst, models, states, approval, prompt_hash
             )
-            entry = self._act(verdict, decision, models, request, caller, ctx, prompt_hash, worst)
+            held.append(event)
+            try:
+                entry = self._act(
+                    verdict, decision, models, request, caller, ctx, prompt_hash, worst
+                )
+            except RequestError:
+                self.emit(held)
+                raise
             adm = Admission(
                 caller=caller,
                 ctx=ctx,
@@ -222,13 +236,20 @@ class Gatekeeper:
                 budgeted=budgeted,
                 states=states,
                 approval=approval,
+                events=held,
             )
             if not budgeted or await self.begin(adm, entry):
                 if approval is not None:
-                    self._claim(approval, caller, prompt_hash)
+                    try:
+                        self._claim(approval, caller, prompt_hash)
+                    except RequestError:
+                        await self.abandon(adm)
+                        self.emit(held)
+                        raise
                 return adm
             if not self.enforce:
                 return adm  # permissive: run unreserved; the spend is still settled
+        self.emit(held)
         raise RequestError(
             429,
             "the budget is being used by concurrent requests; retry shortly",
@@ -247,7 +268,8 @@ class Gatekeeper:
         states: list[BudgetState],
         approval: Approval | None,
         prompt_hash: str,
-    ) -> Verdict:
+    ) -> tuple[Verdict, Event]:
+        """The policy's verdict and its (not yet published) ``policy.events`` event."""
         doc = policy_input(
             request=request,
             caller=caller,
@@ -270,7 +292,7 @@ class Gatekeeper:
                 soma__policy__version=self.policy_version,
             )
         blocks = verdict.action in ("pause", "require_approval", "deny")
-        self._emit_verdict(
+        event = self._verdict_event(
             ctx,
             verdict,
             blocked=blocks and self.enforce,
@@ -279,7 +301,15 @@ class Gatekeeper:
         )
         if self.metrics is not None:
             self.metrics.record_policy(verdict.action, latency_ms / 1000)
-            self.publish_ratios(caller, states, Amounts())
+            cheapest = Amounts(
+                *(
+                    min(col)
+                    for col in zip(
+                        *(self.amounts(w).as_tuple() for w in worst.values()), strict=True
+                    )
+                )
+            )
+            self.publish_ratios(caller, states, Amounts(), cheapest=cheapest)
             if blocks and self.enforce:
                 self.metrics.record_call(
                     tenant=caller.tenant,
@@ -292,10 +322,23 @@ class Gatekeeper:
                     duration_s=0.0,
                     cost_usd=Decimal(0),
                 )
-        return verdict
+        return verdict, event
 
-    def publish_ratios(self, caller: Caller, states: list[BudgetState], extra: Amounts) -> None:
-        """``soma_budget_remaining_ratio`` of each budget, counting ``extra`` as spent too."""
+    def publish_ratios(
+        self,
+        caller: Caller,
+        states: list[BudgetState],
+        extra: Amounts,
+        *,
+        cheapest: Amounts | None = None,
+    ) -> None:
+        """``soma_budget_remaining_ratio`` of each budget, counting ``extra`` as spent too.
+
+        A budget whose remaining amount cannot cover the ``cheapest`` call the caller could
+        make (per dimension) reads 0: it is exhausted in practice, since admission reserves
+        the worst case and actual use stays below it, so the counter itself never reaches
+        the limit.
+        """
         if self.metrics is None:
             return
         for st in states:
@@ -306,6 +349,11 @@ class Gatekeeper:
                 for limit, u in zip(limits, used.as_tuple(), strict=True)
                 if limit is not None
             ]
+            if cheapest is not None and any(
+                limit is not None and limit - u < need
+                for limit, u, need in zip(limits, used.as_tuple(), cheapest.as_tuple(), strict=True)
+            ):
+                ratios.append(0.0)
             self.metrics.set_budget_remaining(
                 tenant=caller.tenant,
                 persona=st.budget.persona or "-",
@@ -323,10 +371,13 @@ class Gatekeeper:
             )
         else:
             try:
-                verdict = await self.policy.aevaluate(doc)
+                evaluate = getattr(self.policy, "evaluate", None)
+                verdict = (
+                    evaluate(doc) if evaluate is not None else await self.policy.aevaluate(doc)
+                )
             except self.unavailable as exc:
                 if self.fail_closed:
-                    self._emit_verdict(
+                    denied = self._verdict_event(
                         ctx,
                         Verdict(
                             "deny",
@@ -338,6 +389,7 @@ class Gatekeeper:
                         overridden=False,
                         latency_ms=(time.perf_counter() - started) * 1000,
                     )
+                    self.emit([denied])
                     raise RequestError(
                         503,
                         f"the policy engine is unavailable and this deployment fails closed: {exc}",
@@ -353,7 +405,7 @@ class Gatekeeper:
                 )
         return verdict, (time.perf_counter() - started) * 1000
 
-    def _emit_verdict(
+    def _verdict_event(
         self,
         ctx: RequestContext,
         verdict: Verdict,
@@ -361,8 +413,8 @@ class Gatekeeper:
         blocked: bool,
         overridden: bool,
         latency_ms: float,
-    ) -> None:
-        event = PolicyEvent(
+    ) -> Event:
+        return PolicyEvent(
             event_id=new_event_id(),
             schema_version=SCHEMA_VERSION,
             occurred_at=utc_now_iso(),
@@ -378,7 +430,6 @@ class Gatekeeper:
             policy_version=self.policy_version,
             constitution_hash=self.constitution_hash,
         )
-        self.emit([event])
 
     def _act(
         self,

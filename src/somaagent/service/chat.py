@@ -241,8 +241,12 @@ class ChatService:
         tree: dict[str, Any],
         streaming_ms: float = 0.0,
         interrupted: bool = False,
+        adm: Admission | None = None,
     ) -> None:
-        events: list[Event] = [
+        """Emit the request's events in one publish: its policy verdict (held back by the
+        admission), one event per attempt and the conversation event."""
+        events: list[Event] = adm.take_events() if adm is not None else []
+        events += [
             call_event(
                 r,
                 ctx=ctx,
@@ -310,6 +314,7 @@ class ChatService:
         finally:
             if adm is not None and self.gate is not None:
                 await self.gate.abandon(adm)
+                self.emit(adm.take_events())  # a verdict not yet published (unexpected error)
 
     async def _complete(
         self,
@@ -350,7 +355,9 @@ class ChatService:
                 )
                 await self.settle(adm, entry, records[-1])
                 if exc.rejects_request and exc.status is not None:
-                    self.account(records, caller=caller, ctx=ctx, request=request, tree=tree)
+                    self.account(
+                        records, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm
+                    )
                     raise RequestError(
                         exc.status,
                         f"upstream rejected the request: {exc}",
@@ -382,7 +389,7 @@ class ChatService:
             notice = self.notice(record, caller)
             if notice:
                 tree["escalation_notice"] = notice
-            self.account(records, caller=caller, ctx=ctx, request=request, tree=tree)
+            self.account(records, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm)
             return self._answer(result.body, usage, record, records, adm, notice)
         return self.exhausted(
             records, attempts, deferred, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm
@@ -521,9 +528,11 @@ class ChatService:
             body, deferred_usage, answered = deferred
             answered.status = "ok"
             tree["escalation_failed"] = True
-            self.account(records, caller=caller, ctx=ctx, request=request, tree=tree)
+            self.account(records, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm)
             return self._answer(body, deferred_usage, answered, records, adm, None)
-        self.all_failed(records, attempts, caller=caller, ctx=ctx, request=request, tree=tree)
+        self.all_failed(
+            records, attempts, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm
+        )
 
     def all_failed(
         self,
@@ -534,9 +543,10 @@ class ChatService:
         ctx: RequestContext,
         request: ChatRequest,
         tree: dict[str, Any],
+        adm: Admission | None = None,
     ) -> NoReturn:
         """Account for the failed attempts and answer 503 naming each one."""
-        self.account(records, caller=caller, ctx=ctx, request=request, tree=tree)
+        self.account(records, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm)
         tried = (
             ", ".join(f"{a['model_id']}: {a.get('error') or a.get('skipped')}" for a in attempts)
             or "no live upstream"

@@ -60,6 +60,7 @@ async def open_stream(
     finally:
         if not handed_over and adm is not None and service.gate is not None:
             await service.gate.abandon(adm)
+            service.emit(adm.take_events())
 
 
 async def _connect(
@@ -122,7 +123,9 @@ async def _connect(
         )
         state.adm, state.span = adm, span
         return headers, state.run(first, upstream)
-    service.all_failed(failed, attempts, caller=caller, ctx=ctx, request=request, tree=tree)
+    service.all_failed(
+        failed, attempts, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm
+    )
 
 
 class _Stream:
@@ -262,6 +265,7 @@ class _Stream:
             tree=self.tree,
             streaming_ms=m.latency_ms,
             interrupted=interrupted,
+            adm=self.adm,
         )
         chunk = b""
         if usage is not None and summary.usage is None and self.request.include_usage:
