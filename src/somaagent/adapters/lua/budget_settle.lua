@@ -1,0 +1,40 @@
+-- Settle a reservation: release its reserved units and add the actual ones to spent.
+-- KEYS[1] the tenant's reservation set   KEYS[2] the reservation's hash   KEYS[3] "done" marker
+-- KEYS[4..] every counter the reservation was made on (from the caller's memory)
+-- ARGV[1] reservation id   ARGV[2] "tokens nano-USD GPU-us" actually used
+-- ARGV[3] "done" marker TTL (s)
+-- Reply: {0} already settled or released (nothing changed) | {1} settled | {2} settled, but
+-- the reservation was gone (reaped or lost with Redis data): the actual still counts.
+-- A counter that is missing is skipped (its rebuild counts this charge from the ledger); a
+-- counter rebuilt while this settle was pending carries field 'x:<id>' and already counts it.
+if redis.call('EXISTS', KEYS[3]) == 1 then return {0} end
+local spent = {'st', 'sn', 'su'}
+local held = {'rt', 'rn', 'ru'}
+local function add(key, f, amount, sign)
+  if amount ~= '0' then redis.call('HINCRBY', key, f, sign .. amount) end
+end
+local actual = {}
+for w in string.gmatch(ARGV[2], '%S+') do actual[#actual + 1] = w end
+local r = redis.call('HMGET', KEYS[2], 't', 'n', 'u', 'c')
+local holds = {}
+if r[4] then
+  for key in string.gmatch(r[4], '%S+') do holds[key] = true end
+end
+local marker = 'x:' .. ARGV[1]
+for i = 4, #KEYS do
+  local key = KEYS[i]
+  local v = redis.call('HMGET', key, 'st', marker)
+  if v[2] then
+    redis.call('HDEL', key, marker)  -- rebuilt with this charge counted already
+  elseif v[1] then
+    if holds[key] then
+      for d = 1, 3 do add(key, held[d], r[d], '-') end
+    end
+    for d = 1, 3 do add(key, spent[d], actual[d], '') end
+  end
+end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[3])
+if r[4] then return {1} end
+return {2}

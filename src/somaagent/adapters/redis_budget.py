@@ -1,0 +1,282 @@
+"""Budget counters in Redis: one Lua script per operation, every key hash-tagged by tenant.
+
+Scripts (package data, ``adapters/lua/budget_*.lua``) run through EVALSHA (loaded again
+after a ``SCRIPT FLUSH`` or a restart). All numbers cross into Lua as decimal strings of
+integers below 2**53 and come back as integer replies, so no unit is ever rounded there.
+Every key of one tenant carries the hash tag ``{tenant}`` (see ``domain.budgets``), so a
+script only ever touches one Redis Cluster slot; the reaper and the rebuild address
+reservation hashes they derive from the tenant's prefix, which lie in the same slot.
+
+The server must not evict these keys (``maxmemory-policy noeviction``, the default): a
+single lost key is not something the rebuild can tell apart from a flushed database.
+Connection and timeout errors raise ``BudgetUnavailable``; script errors are bugs and
+propagate as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal, TypeVar
+
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+
+from somaagent.domain.budgets import (
+    DIMENSIONS,
+    Amounts,
+    BudgetUnavailable,
+    Dimension,
+    Limits,
+    done_key,
+    reservation_key,
+    reservations_key,
+)
+
+__all__ = [
+    "CounterValues",
+    "RebuildCounter",
+    "RebuildReservation",
+    "RedisBudgetCounters",
+    "ReserveResult",
+    "SettleStatus",
+]
+
+T = TypeVar("T")
+SettleStatus = Literal["settled", "gone", "duplicate"]
+_SETTLE_STATUS: dict[int, SettleStatus] = {0: "duplicate", 1: "settled", 2: "gone"}
+_UNAVAILABLE = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.BusyLoadingError,
+    redis_errors.ReadOnlyError,
+)
+_FIELDS = ("st", "sn", "su", "rt", "rn", "ru")
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveResult:
+    """What the reserve script did.
+
+    ``reserved``: held on every counter until ``deadline_ms`` (Redis clock, Unix ms).
+    ``duplicate``: the id is in use or was settled recently; nothing changed.
+    ``missing``: the counters at ``missing`` (0-based) do not exist; nothing changed.
+    ``exceeded``: ``(counter index, dimension, remaining units)`` for every limit the
+    amounts would pass; nothing changed.
+    """
+
+    status: Literal["reserved", "duplicate", "missing", "exceeded"]
+    deadline_ms: int | None = None
+    missing: tuple[int, ...] = ()
+    exceeded: tuple[tuple[int, Dimension, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CounterValues:
+    """One counter: units spent and units held by open reservations."""
+
+    spent: Amounts
+    reserved: Amounts
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildCounter:
+    """A counter to write if it is missing: its spent units, its expiry (Unix s) and the ids
+    of charges it counts whose settle script has not run yet (``x:<id>`` markers)."""
+
+    key: str
+    spent: Amounts
+    expire_at_s: int
+    markers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildReservation:
+    """An open reservation of the rebuilding process, held on counters ``indexes`` (0-based
+    into the rebuild's counter list)."""
+
+    reservation_id: str
+    deadline_ms: int
+    amounts: Amounts
+    indexes: tuple[int, ...]
+
+
+def _script(name: str) -> str:
+    return resources.files("somaagent.adapters").joinpath("lua", name).read_text()
+
+
+def _limit(value: int | None) -> str:
+    return "-1" if value is None else str(value)
+
+
+def _ints(amounts: Amounts) -> list[str]:
+    return [str(v) for v in amounts.as_tuple()]
+
+
+def _words(amounts: Amounts) -> str:
+    return f"{amounts.tokens} {amounts.usd_nano} {amounts.gpu_us}"
+
+
+class RedisBudgetCounters:
+    """The Redis side of budgets (see the module docstring). Connects on first use."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 2.0,
+        reap_limit: int = 100,
+        done_ttl_s: int = 600,
+        reservation_grace_s: int = 40 * 86_400,
+        max_connections: int = 64,
+    ) -> None:
+        # At most ``max_connections`` calls at once: a burst waits on the semaphore (cheap
+        # when uncontended) rather than failing with "Too many connections"; redis-py's
+        # blocking pool does the same but costs ~100 us per call in ``wait_for``.
+        self._client: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+        )
+        self._slots = asyncio.Semaphore(max_connections)
+        self._grace_s = reservation_grace_s
+        self._reap_limit_arg = str(reap_limit)
+        self._done_ttl_arg = str(done_ttl_s)
+        self._grace_arg = str(reservation_grace_s)
+        register = self._client.register_script
+        self._reserve = register(_script("budget_reserve.lua"))
+        self._settle = register(_script("budget_settle.lua"))
+        self._release = register(_script("budget_release.lua"))
+        self._rebuild = register(_script("budget_rebuild.lua"))
+        self._reset = register(_script("budget_reset.lua"))
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The underlying client (tests and the benchmark use it to inspect keys)."""
+        return self._client
+
+    async def _call(self, work: Awaitable[T]) -> T:
+        try:
+            async with self._slots:
+                return await work
+        except _UNAVAILABLE as exc:
+            raise BudgetUnavailable(f"Redis unavailable: {exc}") from exc
+
+    @staticmethod
+    def _prefix(tenant: str) -> str:
+        return reservation_key(tenant, "")
+
+    def _tenant_keys(self, tenant: str, reservation_id: str) -> list[str]:
+        return [
+            reservations_key(tenant),
+            reservation_key(tenant, reservation_id),
+            done_key(tenant, reservation_id),
+        ]
+
+    async def reserve(
+        self,
+        tenant: str,
+        reservation_id: str,
+        counters: Sequence[tuple[str, Limits]],
+        amounts: Amounts,
+        lifetime_ms: int,
+    ) -> ReserveResult:
+        """Hold ``amounts`` on every counter for ``lifetime_ms``, or on none of them.
+
+        Reaps up to ``reap_limit`` expired reservations of the tenant first.
+        """
+        keys = self._tenant_keys(tenant, reservation_id) + [key for key, _ in counters]
+        limits = " ".join(
+            f"{_limit(lim.tokens)} {_limit(lim.usd_nano)} {_limit(lim.gpu_us)}"
+            for _, lim in counters
+        )
+        args = [reservation_id, str(lifetime_ms), _words(amounts), self._prefix(tenant)]
+        args += [self._reap_limit_arg, self._grace_arg, limits]
+        reply: list[int] = await self._call(self._reserve(keys=keys, args=args))
+        status = reply[0]
+        if status == 1:
+            return ReserveResult("reserved", deadline_ms=int(reply[1]))
+        if status == 2:
+            return ReserveResult("duplicate")
+        if status == 3:
+            return ReserveResult("missing", missing=tuple(int(i) - 1 for i in reply[1:]))
+        triples = [reply[i : i + 3] for i in range(1, len(reply), 3)]
+        exceeded = tuple((int(i) - 1, DIMENSIONS[int(d) - 1], int(r)) for i, d, r in triples)
+        return ReserveResult("exceeded", exceeded=exceeded)
+
+    async def settle(
+        self, tenant: str, reservation_id: str, counters: Sequence[str], actual: Amounts
+    ) -> SettleStatus:
+        """Free the reservation's held units and add ``actual`` to spent (see the script)."""
+        keys = self._tenant_keys(tenant, reservation_id) + list(counters)
+        args = [reservation_id, _words(actual), self._done_ttl_arg]
+        reply: list[int] = await self._call(self._settle(keys=keys, args=args))
+        return _SETTLE_STATUS[int(reply[0])]
+
+    async def release(
+        self, tenant: str, reservation_id: str, counters: Sequence[str]
+    ) -> SettleStatus:
+        """Free the reservation's held units; nothing is spent."""
+        keys = self._tenant_keys(tenant, reservation_id) + list(counters)
+        args = [reservation_id, self._done_ttl_arg]
+        reply: list[int] = await self._call(self._release(keys=keys, args=args))
+        return _SETTLE_STATUS[int(reply[0])]
+
+    async def rebuild(
+        self,
+        tenant: str,
+        counters: Sequence[RebuildCounter],
+        reservations: Sequence[RebuildReservation],
+    ) -> list[bool]:
+        """Write each counter that is still missing; ``True`` for those written now.
+
+        The reservations are added to the counters written now and their hashes restored
+        (holding exactly those counters) unless they have expired on the Redis clock.
+        """
+        keys = [reservations_key(tenant)] + [c.key for c in counters]
+        keys += [reservation_key(tenant, r.reservation_id) for r in reservations]
+        args: list[str] = [str(len(counters)), str(len(reservations)), str(self._grace_s)]
+        for c in counters:
+            args += [*_ints(c.spent), str(c.expire_at_s), str(len(c.markers)), *c.markers]
+        for r in reservations:
+            args += [r.reservation_id, str(r.deadline_ms), *_ints(r.amounts)]
+            args += [str(len(r.indexes)), *(str(i + 1) for i in r.indexes)]
+        reply: list[int] = await self._call(self._rebuild(keys=keys, args=args))
+        return [bool(flag) for flag in reply]
+
+    async def reset(self, key: str) -> Amounts | None:
+        """Set the counter's spent units to 0 (reserved kept); the spent units it had, or
+        ``None`` when the counter is missing (nothing changed)."""
+        reply: list[int] = await self._call(self._reset(keys=[key], args=[]))
+        if reply[0] == 0:
+            return None
+        return Amounts(int(reply[1]), int(reply[2]), int(reply[3]))
+
+    async def read(self, keys: Sequence[str]) -> list[CounterValues | None]:
+        """The counters' values, ``None`` for a missing one (one round trip)."""
+        if not keys:
+            return []
+
+        async def run() -> list[Any]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.exists(key)
+                    pipe.hmget(key, list(_FIELDS))
+                return list(await pipe.execute())
+
+        replies = await self._call(run())
+        values: list[CounterValues | None] = []
+        for exists, fields in zip(replies[0::2], replies[1::2], strict=True):
+            if not exists:
+                values.append(None)
+                continue
+            n = [int(v) if v is not None else 0 for v in fields]
+            values.append(CounterValues(Amounts(*n[:3]), Amounts(*n[3:])))
+        return values
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        await self._client.aclose()
