@@ -382,6 +382,7 @@ def prepare(args: argparse.Namespace) -> tuple[Settings, dict[str, str]]:
         "SOMA_CATALOG_FILE": str(state / "catalog.yaml"),
         "SOMA_RATECARDS_FILE": str(state / "ratecards.yaml"),
         "SOMA_POLICY_MODE": "enforce",
+        "GOGC": "400",  # as `soma up` starts the gateway (the OPA engine is Go)
         "SOMA_MODEL_THREADS": "1",
     }
     settings = load_settings(env)

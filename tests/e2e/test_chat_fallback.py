@@ -9,7 +9,9 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
+from somaagent.adapters.ratecards_store import RateCardStore
 from somaagent.bootstrap import Container
+from somaagent.domain.ratecards import default_ratecards_text, parse_ratecards
 from somaagent.domain.routing import default_catalog_text
 from somaagent.settings import Settings
 from somaagent.stack import Supervisor
@@ -41,6 +43,33 @@ def test_primary_stopped_mid_test_falls_back_to_the_replica(
     catalog["models"].append(replica)
     path = own_primary.settings.state_dir / "catalog.yaml"
     path.write_text(yaml.safe_dump(catalog, sort_keys=False))
+    # the replica is priced like the primary (the gateway refuses to serve an unpriced model)
+    store = RateCardStore(stack.secret("postgres_dsn"))
+    store.load(parse_ratecards(default_ratecards_text(), source="packaged"))
+    store.load(
+        parse_ratecards(
+            yaml.safe_dump(
+                {
+                    "version": 1,
+                    "cards": [
+                        {
+                            "version": "replica-1",
+                            "effective_from": "2026-01-01T00:00:00Z",
+                            "source": "test: the primary's price",
+                            "models": {
+                                replica["model_id"]: {
+                                    "gpu_hour_usd": "0.10",
+                                    "gpus": 1,
+                                    "max_ms_per_token": "250",
+                                }
+                            },
+                        }
+                    ],
+                }
+            ),
+            source="fallback test",
+        )
+    )
     session = f"fb-{uuid.uuid4().hex[:8]}"
     ask = dict(
         model="auto",

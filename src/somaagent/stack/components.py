@@ -139,6 +139,9 @@ def _redis(settings: Settings) -> ComponentSpec:
             str(workdir),
             "--appendonly",
             "yes",
+            # budget counters: a key evicted for memory could not be told from a flush
+            "--maxmemory-policy",
+            "noeviction",
             "--save",
             "",
             "--daemonize",
@@ -304,7 +307,9 @@ def _gateway(settings: Settings) -> ComponentSpec:
         port=settings.port("gateway_port"),
         argv=lambda: [sys.executable, "-m", "somaagent.entrypoints.gateway"],
         probe=partial(http_probe.get_ok, url, settings.health_timeout_s * 3),
-        env=settings.to_env(),
+        # The in-process OPA engine is Go: a less eager collector trims its p99 (read by the
+        # Go runtime when the policy library loads).
+        env={**settings.to_env(), "GOGC": "400"},
     )
 
 
