@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 
 import httpx
@@ -10,8 +14,9 @@ import httpx
 from somaagent.bootstrap import Container
 from somaagent.domain.worst_case import prompt_token_bound
 from somaagent.settings import Settings
+from tests.conftest import ROOT
 from tests.e2e.budget_support import create_budget, gateway_url, make_keys, new_tenant
-from tests.e2e.gateway_support import running_gateway
+from tests.e2e.gateway_support import free_port, running_gateway
 from tests.e2e.test_chat_gateway import COMPLEX, events_for
 from tests.integration.telemetry_support import wait_until
 
@@ -152,3 +157,80 @@ def test_permissive_mode_logs_the_verdict_and_blocks_nothing(
     assert wait_until(lambda: len(events_for(worker, "policy_events", session)) == 1)
     event = events_for(worker, "policy_events", session)[0]
     assert (event["verdict"], event["blocked"], event["overridden"]) == ("deny", False, True)
+
+
+@contextmanager
+def policy_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """``soma policy serve``: the shipped policy on OPA's REST API, in its own process."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "somaagent.entrypoints.cli", "policy", "serve", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_until(lambda: _healthy(port), timeout_s=60), "policy server did not start"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_policy_over_rest_and_failing_closed_when_it_is_gone(
+    stack: Settings, pipeline: tuple[Container, dict[str, str]]
+) -> None:
+    """The same policy through an OPA REST server (the non-LOCAL path); when the server is
+    unreachable an ENTERPRISE-style gateway refuses (503) and records a deny, a fail-open one
+    allows and says why."""
+    worker, env = pipeline
+    tenant = new_tenant("rest")
+    operator, user = make_keys(stack, tenant, ("ops", "admin"), ("support", "user"))
+    body = {
+        "model": "smollm2-135m-instruct",
+        "messages": [{"role": "user", "content": "Say hi."}],
+        "max_tokens": 8,
+    }
+    port = free_port()
+    rest = {
+        **env,
+        "SOMA_POLICY_MODE": "enforce",
+        "SOMA_POLICY_URL": f"http://127.0.0.1:{port}",
+        "SOMA_POLICY_TIMEOUT_S": "0.5",
+    }
+    session = f"rest-{uuid.uuid4().hex[:8]}"
+    with policy_server(port) as server:
+        with running_gateway({**rest, "SOMA_POLICY_FAIL_CLOSED": "true"}) as gw:
+            create_budget(
+                gw, operator, window="daily", timezone="UTC", limit_tokens=1, on_exceed="deny"
+            )
+            denied = post(gw, user, body, **{"X-Soma-Session-Id": session})
+            assert denied.status_code == 403, denied.text
+            assert denied.json()["error"]["code"] == "policy_denied"
+            assert "tokens worst case" in denied.json()["error"]["message"]
+            server.terminate()
+            server.wait(timeout=30)
+            gone = post(gw, user, body, **{"X-Soma-Session-Id": session})
+            assert gone.status_code == 503, gone.text
+            assert gone.json()["error"]["code"] == "policy_unavailable"
+        with running_gateway({**rest, "SOMA_POLICY_FAIL_CLOSED": "false"}) as gw:
+            # fail open: the policy's absence allows, the budget still holds
+            held = post(gw, user, body)
+            assert held.status_code == 429, held.text
+            assert held.json()["error"]["code"] == "budget_exceeded"
+            assert "tokens needs" in held.json()["error"]["message"]
+            (free,) = make_keys(stack, new_tenant("open"), ("support", "user"))
+            opened = post(gw, free, body)
+            assert opened.status_code == 200, opened.text
+            assert opened.headers["x-soma-policy-verdict"] == "allow"
+    assert wait_until(lambda: len(events_for(worker, "policy_events", session)) == 2)
+    events = events_for(worker, "policy_events", session)
+    assert [(e["verdict"], e["blocked"]) for e in events] == [("deny", True), ("deny", True)]
+    assert "policy engine unavailable" in str(events[1]["reasons"])

@@ -21,6 +21,7 @@ import pytest
 from redis.crc import key_slot
 
 from somaagent.adapters import postgres
+from somaagent.adapters.api_keys import ApiKeyStore
 from somaagent.adapters.budget_store import BudgetStore, ChargeWriter
 from somaagent.adapters.redis_budget import RedisBudgetCounters
 from somaagent.domain.budgets import (
@@ -586,6 +587,12 @@ def cli(settings: Settings, capsys: pytest.CaptureFixture[str], *argv: str) -> t
 
 def test_cli_budgets(stack: Settings, dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
     t = tenant()
+    code, _, err = cli(stack, capsys, "create", "--tenant", t, "--window", "daily", "--tz", "UTC",
+                       "--tokens", "5")  # fmt: skip
+    assert code == 1 and f"unknown tenant '{t}'" in err, "no API key names this tenant yet"
+    keys = ApiKeyStore(dsn)
+    keys.create(t, "support", "user")
+    keys.close()
     daily = ["create", "--tenant", t, "--window", "daily"]
     code, out, _ = cli(
         stack, capsys, *daily[:3], "--persona", "support", "--window", "monthly",

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from somaagent.adapters import postgres
+from somaagent.adapters.api_keys import ApiKeyStore
 from somaagent.adapters.budget_store import BudgetStore, ChargeWriter
 from somaagent.adapters.redis_budget import RedisBudgetCounters
 from somaagent.domain.budgets import (
@@ -112,9 +113,28 @@ async def _service(settings: Settings) -> AsyncIterator[BudgetService]:
         await store.aclose()
 
 
+def _known_tenant(settings: Settings, tenant: str) -> None:
+    """A budget is for a tenant that exists: one named by an API key (or LOCAL's anonymous
+    caller's tenant); a typo would otherwise create a budget nobody is ever charged to."""
+    if settings.allow_anonymous and tenant == settings.anonymous_tenant:
+        return
+    store = ApiKeyStore(settings.secret("postgres_dsn"))
+    try:
+        known = bool(store.list(tenant))
+    finally:
+        store.close()
+    if not known:
+        raise BudgetError(
+            f"unknown tenant {tenant!r}: no API key names it"
+            f" (create one first: soma keys create --tenant {tenant} ...)"
+        )
+
+
 def _command(work: Callable[[BudgetService, argparse.Namespace], Awaitable[int]]) -> Handler:
     def handler(settings: Settings, args: argparse.Namespace) -> int:
         async def run() -> int:
+            if work is _create:
+                await asyncio.to_thread(_known_tenant, settings, args.tenant)
             async with _service(settings) as service:
                 return await work(service, args)
 

@@ -80,6 +80,7 @@ class Admission:
     spent_usd: Decimal = field(default_factory=Decimal)
     spent: Amounts = field(default_factory=Amounts)
     events: list[Event] = field(default_factory=list)
+    refusal: str = ""  # why the last reservation was refused (budget, dimension, amounts)
 
     def take_events(self) -> list[Event]:
         """The events held back for the request's single publish (the policy verdict)."""
@@ -250,10 +251,12 @@ class Gatekeeper:
             if not self.enforce:
                 return adm  # permissive: run unreserved; the spend is still settled
         self.emit(held)
+        # The policy allowed the call (a fail-open verdict, or the room went to concurrent
+        # requests between each state read and reserve) but the budget cannot hold it.
         raise RequestError(
             429,
-            "the budget is being used by concurrent requests; retry shortly",
-            code="budget_contended",
+            f"the budget cannot hold this call right now: {adm.refusal}",
+            code="budget_exceeded",
             kind="rate_limit_error",
         )
 
@@ -560,7 +563,13 @@ class Gatekeeper:
         ok = bool(outcome)
         if ok:
             adm.reservation, adm.reserved_model = rid, entry.model_id
-        elif not self.enforce:
+        else:
+            adm.refusal = "; ".join(
+                f"budget {x.budget.budget_id} ({x.budget.window} {x.window.key}):"
+                f" {x.dimension} needs {x.requested}, {x.remaining} remain"
+                for x in outcome.exceeded
+            )
+        if not ok and not self.enforce:
             adm.reservation, adm.reserved_model = rid, entry.model_id  # settle still counts
             return True
         return ok
