@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
-from somaagent.adapters.approvals import Approval, ApprovalError, ApprovalStore
+from somaagent.adapters.approvals import Approval, ApprovalStore
 from somaagent.domain.budgets import (
     Amounts,
     BudgetState,
@@ -40,7 +40,7 @@ from somaagent.domain.budgets import (
     usd_to_nano_ceil,
 )
 from somaagent.domain.chat_request import ChatRequest, RequestError
-from somaagent.domain.events import SCHEMA_VERSION, Event, PolicyEvent, new_event_id, utc_now_iso
+from somaagent.domain.events import Event
 from somaagent.domain.identity import Caller, RequestContext
 from somaagent.domain.policy import Verdict
 from somaagent.domain.policy_input import policy_input
@@ -50,6 +50,14 @@ from somaagent.domain.worst_case import WorstCase, prompt_token_bound, worst_cas
 from somaagent.observability import GatewayMetrics
 from somaagent.observability.tracing import Tracing
 from somaagent.service.budgets import BudgetService
+from somaagent.service.verdict_actions import (
+    claim_approval,
+    downgrade_target,
+    presented_approval,
+    queue_approval,
+    refusal,
+    verdict_event,
+)
 
 __all__ = ["Admission", "Gatekeeper"]
 
@@ -207,7 +215,11 @@ class Gatekeeper:
             and self.budgets is not None
             and await self.budgets.has_budgets(caller.tenant, caller.persona)
         )
-        approval = self._approval(approval_id, caller, prompt_hash) if approval_id else None
+        approval = (
+            presented_approval(self.approvals, approval_id, caller, prompt_hash)
+            if approval_id
+            else None
+        )
         held: list[Event] = []  # verdict events: published with the call's, or at a refusal
         for _ in range(_MAX_ROUNDS):
             states = (
@@ -242,7 +254,7 @@ class Gatekeeper:
             if not budgeted or await self.begin(adm, entry):
                 if approval is not None:
                     try:
-                        self._claim(approval, caller, prompt_hash)
+                        claim_approval(self.approvals, approval, caller, prompt_hash)
                     except RequestError:
                         await self.abandon(adm)
                         self.emit(held)
@@ -417,21 +429,15 @@ class Gatekeeper:
         overridden: bool,
         latency_ms: float,
     ) -> Event:
-        return PolicyEvent(
-            event_id=new_event_id(),
-            schema_version=SCHEMA_VERSION,
-            occurred_at=utc_now_iso(),
-            **ctx.envelope_fields(),
+        return verdict_event(
+            ctx,
+            verdict,
             producer=self.producer,
-            model_id=verdict.model_id,
-            action="model_call",
-            verdict=verdict.action,
-            reasons=list(verdict.reasons)[:32],
-            blocked=blocked,
-            overridden=overridden,
-            policy_latency_ms=round(latency_ms, 3),
             policy_version=self.policy_version,
             constitution_hash=self.constitution_hash,
+            blocked=blocked,
+            overridden=overridden,
+            latency_ms=latency_ms,
         )
 
     def _act(
@@ -448,90 +454,21 @@ class Gatekeeper:
         """The model to call under ``verdict``; RequestError when the verdict refuses."""
         if verdict.action == "allow" or not self.enforce:
             return decision.model
-        reasons = "; ".join(verdict.reasons)
         if verdict.action == "downgrade":
-            target = models.get(verdict.model_id)
-            if target is None:
-                raise RequestError(
-                    503,
-                    f"the policy downgraded to {verdict.model_id!r}, which is not live",
-                    code="policy_error",
-                    kind="server_error",
-                )
-            return target
-        if verdict.action == "pause":
-            raise RequestError(
-                429,
-                f"paused by budget policy until {verdict.retry_after}: {reasons}",
-                code="budget_paused",
-                kind="rate_limit_error",
-                headers=_retry_after(verdict.retry_after, self.clock()),
-            )
+            return downgrade_target(verdict, models)
         if verdict.action == "require_approval":
-            if self.approvals is None:
-                raise RequestError(
-                    403,
-                    f"approval required but no approvals queue: {reasons}",
-                    code="approval_required",
-                )
-            bound = worst[decision.model.model_id]
-            row = self.approvals.create(
-                tenant=caller.tenant,
-                persona=caller.persona,
-                role=caller.role,
+            raise queue_approval(
+                self.approvals,
+                verdict,
+                caller=caller,
+                ctx=ctx,
                 model_id=decision.model.model_id,
                 prompt_hash=prompt_hash,
                 max_tokens=request.max_tokens,
-                worst_case_usd=bound.usd,
-                reasons=verdict.reasons,
-                budget_trace_id=ctx.budget_trace_id,
+                worst_case_usd=worst[decision.model.model_id].usd,
                 ttl_s=self.approval_ttl_s,
             )
-            raise RequestError(
-                403,
-                f"this request needs an operator's approval ({row.approval_id}): {reasons}."
-                f" Poll GET /v1/approvals/{row.approval_id}; once approved, send the same"
-                f" request again with the header X-Soma-Approval: {row.approval_id}",
-                code="approval_required",
-                kind="permission_error",
-                headers={"x-soma-approval-id": row.approval_id},
-                extra={
-                    "approval_id": row.approval_id,
-                    "poll_url": f"/v1/approvals/{row.approval_id}",
-                },
-            )
-        raise RequestError(
-            403, f"denied by policy: {reasons}", code="policy_denied", kind="permission_error"
-        )
-
-    def _approval(self, approval_id: str, caller: Caller, prompt_hash: str) -> Approval:
-        if self.approvals is None:
-            raise RequestError(400, "this gateway has no approvals queue", param="X-Soma-Approval")
-        row = self.approvals.get(approval_id)
-        if row is None or row.tenant != caller.tenant:
-            raise RequestError(404, f"no approval {approval_id!r}", code="approval_not_found")
-        if row.prompt_hash != prompt_hash:
-            raise RequestError(
-                409,
-                f"approval {approval_id} was granted for a different prompt",
-                code="approval_mismatch",
-            )
-        if row.status != "approved":
-            raise RequestError(
-                409,
-                f"approval {approval_id} is {row.status}, not approved",
-                code="approval_not_approved",
-            )
-        return row
-
-    def _claim(self, approval: Approval, caller: Caller, prompt_hash: str) -> None:
-        assert self.approvals is not None
-        try:
-            self.approvals.claim(
-                approval.approval_id, tenant=caller.tenant, prompt_hash=prompt_hash
-            )
-        except ApprovalError as exc:
-            raise RequestError(409, str(exc), code="approval_not_approved") from None
+        raise refusal(verdict, self.clock())
 
     # ------------------------------------------------------------------ attempts
     async def begin(self, adm: Admission, entry: ModelEntry) -> bool:
@@ -596,13 +533,3 @@ class Gatekeeper:
         if adm.reservation is not None and self.budgets is not None:
             rid, adm.reservation, adm.reserved_model = adm.reservation, None, None
             await self.budgets.release(rid)
-
-
-def _retry_after(retry_after: str | None, now: datetime) -> dict[str, str]:
-    if not retry_after:
-        return {}
-    try:
-        at = datetime.fromisoformat(retry_after.replace("Z", "+00:00"))
-    except ValueError:
-        return {}
-    return {"retry-after": str(max(1, int((at - now).total_seconds()) + 1))}
