@@ -39,10 +39,13 @@ GROUP_BY: dict[str, str] = {
     "day": "formatDateTime(toStartOfDay(hour), '%Y-%m-%d')",
 }
 _MAX_RANGE = timedelta(days=400)
+# GPU ms are Float64 sums: each call's figure is whole microseconds (ChatService.gpu_ms), so
+# the exact total is too; rounding to 3 places drops the binary-float noise of the sum
+# (0.1 + 0.2 = 0.30000000000000004), far below a microsecond for any realistic total.
 _SUMS = (
     "sum(calls) AS calls, sum(errors) AS errors, sum(input_tokens) AS input_tokens,"
     " sum(output_tokens) AS output_tokens, sum(cached_tokens) AS cached_tokens,"
-    " toString(sum(cost_usd)) AS cost_usd, toString(sum(gpu_ms)) AS gpu_ms"
+    " toString(sum(cost_usd)) AS cost_usd, toString(round(sum(gpu_ms), 3)) AS gpu_ms"
 )
 
 
