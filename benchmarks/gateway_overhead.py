@@ -366,6 +366,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-long-prompt", action="store_true")
     parser.add_argument("--no-worker-inside", action="store_true")
     parser.add_argument("--no-real-model", action="store_true")
+    parser.add_argument(
+        "--no-budgets", action="store_true", help="no budget for the caller (policy still runs)"
+    )
     parser.add_argument("--real-concurrency", type=int, default=4)
     parser.add_argument("--real-duration", type=float, default=30.0, help="measured s per side")
     return parser.parse_args()
@@ -438,7 +441,7 @@ def measure_all(run: Run, supervisor: Supervisor, report: dict[str, Any]) -> Non
     supervisor.up(only=["kafka", "postgres", "redis"])
     run.start_upstream()
     run.start_worker()
-    report["budgets"] = create_budgets(run)
+    report["budgets"] = [] if args.no_budgets else create_budgets(run)
     run.start_gateway(worker_inside=False)
     lite = {"status": "skipped (--no-litellm)"} if args.no_litellm else run.start_litellm()
     with_litellm = lite["status"] == "measured"
