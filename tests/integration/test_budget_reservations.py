@@ -33,6 +33,7 @@ from somaagent.domain.budgets import (
     BudgetUpdate,
     UnknownBudget,
     counter_key,
+    done_key,
     reservations_key,
     window_of,
 )
@@ -110,10 +111,12 @@ class H:
 
 
 @asynccontextmanager
-async def harness(dsn: str, redis_url: str, **service: Any) -> AsyncIterator[H]:
+async def harness(
+    dsn: str, redis_url: str, *, writer_interval_s: float = 0.05, **service: Any
+) -> AsyncIterator[H]:
     store = BudgetStore(dsn)
     counters = RedisBudgetCounters(redis_url)
-    writer = ChargeWriter(store, interval_s=0.05)
+    writer = ChargeWriter(store, interval_s=writer_interval_s)
     h = H(store, counters, writer, BudgetService(store, counters, writer, **service))
     try:
         yield h
@@ -224,35 +227,52 @@ def test_200_concurrent_reservations_never_overspend(dsn: str, redis_url: str) -
 
 
 def test_flushall_in_the_middle_is_rebuilt_without_overspend(dsn: str, redis_url: str) -> None:
+    """Redis is flushed while reservations are held and charges are both in PostgreSQL and
+    still unwritten; 186 more calls then start and the first reserve rebuilds the counters.
+    Each of those conditions is arranged, not left to timing (a loaded machine once ran all
+    reserves before the flush)."""
     t = tenant()
 
     async def scenario() -> tuple[tuple[Budget, Budget], Calls, list[tuple[Amounts, Amounts]]]:
-        async with harness(dsn, redis_url) as h:
+        async with harness(dsn, redis_url, writer_interval_s=3600) as h:
             budgets = await two_budgets(h, t)
             calls = Calls()
             settled = 0
             flushed_at: list[int] = []
+            flushed = asyncio.Event()
+            rng = random.Random(11)
+            for _ in range(4):  # settled and written to PostgreSQL before the flush
+                await call(h, t, rng, calls)
+            await h.writer.flush()
+            holder = f"{t}-holder"  # held across the flush, settled at the end
+            assert await h.reserve(t, holder)
 
             async def after_settle() -> None:
                 nonlocal settled
                 settled += 1
-                # once reservations are in flight and charges are still unwritten
-                if flushed_at or settled < 8 or not h.writer.pending(t):
-                    return
-                if await h.counters.client.zcard(reservations_key(t)) > 0:
+                if settled == 4:  # these four are not written yet (the writer waits an hour)
+                    assert h.writer.pending(t)
+                    assert await h.counters.client.zcard(reservations_key(t)) > 0
                     flushed_at.append(len(calls.outcomes))
                     await h.flushall()
+                    flushed.set()
 
-            rng = random.Random(11)
-            await asyncio.gather(*(call(h, t, rng, calls, after_settle, 0.6) for _ in range(200)))
+            async def after_the_flush() -> None:
+                await flushed.wait()
+                await call(h, t, rng, calls, None, 0.6)
+
+            first = [call(h, t, rng, calls, after_settle) for _ in range(10)]  # all fit
+            await asyncio.gather(*first, *(after_the_flush() for _ in range(186)))
             # granted after the flush too (the reserve rebuilt the counters)
             assert flushed_at and any(calls.outcomes[flushed_at[0] :])
+            await h.settle(holder, *random_actual(rng))
             states = await h.service.state(t, "support")  # rebuilds what is still missing
             await h.writer.flush()
             assert {s.budget.budget_id for s in states} == {b.budget_id for b in budgets}
             return budgets, calls, [await h.values(b) for b in budgets]
 
     budgets, calls, values = run(scenario())
+    assert len(calls.outcomes) == 200
     check_refusals(calls, budgets)
     check_no_overspend(dsn, t, values)
 
@@ -260,26 +280,35 @@ def test_flushall_in_the_middle_is_rebuilt_without_overspend(dsn: str, redis_url
 # -- flushes, restarts, expiry, idempotency --------------------------------------------------
 
 
-def test_settle_after_a_flush_still_counts(dsn: str, redis_url: str) -> None:
+@pytest.mark.parametrize("writer", ["pending", "flushing", "written"])
+def test_settle_after_a_flush_still_counts(dsn: str, redis_url: str, writer: str) -> None:
+    """A settle while the counters are gone is counted by the rebuild, wherever its charge
+    is then: unwritten (the writer's pending list), being written at that very moment, or in
+    PostgreSQL. The writer only flushes when told, so each case happens every run."""
     t = tenant()
 
     async def scenario() -> None:
-        async with harness(dsn, redis_url) as h:
+        async with harness(dsn, redis_url, writer_interval_s=3600) as h:
             budgets = await two_budgets(h, t)
             for rid in ("a", "b", "c"):
                 assert await h.reserve(t, f"{t}-{rid}")
             await h.flushall()
             # a: settled while the counters are gone (skipped there, counted by the rebuild)
             await h.settle(f"{t}-a", 100, "0.00002", "5")
-            # a reserve rebuilds: b and c are held again, a counted from the unwritten charge
-            assert await h.reserve(t, f"{t}-d")
-            assert h.writer.pending(t)  # the rebuild had to use the writer's pending charge
-            for b in budgets:
-                assert await h.values(b) == (Amounts(100, 20_000, 5000), Amounts(900, 300_000, 0))
+            if writer == "written":
+                await h.writer.flush()
+            # a reserve rebuilds: b and c are held again, a counted from the ledger or the
+            # writer (with "flushing" the batch holding a is in flight when the reserve starts)
+            flush = h.writer.flush() if writer == "flushing" else asyncio.sleep(0)
+            _, d = await asyncio.gather(flush, h.reserve(t, f"{t}-d"))
+            assert d
+            assert bool(h.writer.pending(t)) == (writer == "pending")
+            expected = (Amounts(100, 20_000, 5000), Amounts(900, 300_000, 0))
+            assert [await h.values(b) for b in budgets] == [expected, expected]
             await h.settle(f"{t}-b", 7, "0.000000000000000001")
             await h.service.release(f"{t}-c")
-            for b in budgets:
-                assert await h.values(b) == (Amounts(107, 20_001, 5000), SLOT)
+            expected = (Amounts(107, 20_001, 5000), SLOT)
+            assert [await h.values(b) for b in budgets] == [expected, expected]
 
     run(scenario())
 
@@ -321,6 +350,44 @@ def test_redis_restart_with_lost_data(dsn: str, stack: Settings) -> None:
                     assert await h.values(b) == (Amounts(60, 12_000, 0), NOTHING)
 
         run(check())
+
+
+def test_a_missed_settle_retried_on_an_empty_redis_is_counted_once(
+    dsn: str, stack: Settings
+) -> None:
+    """Redis stops and comes back empty; the background retry of a settle made meanwhile runs
+    before any rebuild (the counters are missing: it leaves only its done marker), then a
+    reserve rebuilds them: the charge counts once, from the writer's unwritten charge."""
+    t = tenant()
+    with private_stack("budgets-redis", stack.port_base + 1, ["redis"]) as sup:
+        url = sup.settings.url("redis_url")
+
+        async def scenario() -> None:
+            async with harness(dsn, url, retry_interval_s=0.05, writer_interval_s=3600) as h:
+                budgets = await two_budgets(h, t)
+                for rid in ("a", "b", "c"):
+                    assert await h.reserve(t, f"{t}-{rid}")
+                await asyncio.to_thread(stop_redis, sup, wipe=True)
+                await h.settle(f"{t}-a", 100, "0.00002", "5")  # Redis down: retried later
+                await asyncio.to_thread(sup.up, only=["redis"])
+                client = h.counters.client
+                for _ in range(200):  # the retry ran once its done marker exists
+                    if await client.exists(done_key(t, f"{t}-a")):
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("the settle was never retried")
+                assert [k async for k in client.scan_iter(match=f"soma:{{{t}}}:bud:*")] == []
+                assert await h.reserve(t, f"{t}-d")  # rebuilds: a spent, b, c (and d) held
+                assert h.writer.pending(t)
+                expected = (Amounts(100, 20_000, 5000), Amounts(900, 300_000, 0))
+                assert [await h.values(b) for b in budgets] == [expected, expected]
+                for b in budgets:
+                    w = window_of(b, datetime.now(UTC))
+                    fields = await client.hkeys(counter_key(t, b.budget_id, w.key))
+                    assert not [f for f in fields if f.startswith("x:")]
+
+        run(scenario())
 
 
 def test_a_settle_missed_during_a_restart_is_retried_in_the_background(
