@@ -37,6 +37,8 @@ from somaagent.domain.budgets import (
     BudgetState,
     BudgetUnavailable,
     gpu_ms_to_us_ceil,
+    nano_to_usd,
+    us_to_gpu_hours,
     usd_to_nano_ceil,
 )
 from somaagent.domain.chat_request import ChatRequest, RequestError
@@ -85,7 +87,6 @@ class Admission:
     reservation: str | None = None
     reserved_model: str | None = None
     approval: Approval | None = None
-    spent_usd: Decimal = field(default_factory=Decimal)
     spent: Amounts = field(default_factory=Amounts)
     events: list[Event] = field(default_factory=list)
     refusal: str = ""  # why the last reservation was refused (budget, dimension, amounts)
@@ -111,11 +112,21 @@ class Admission:
         return timeout_s
 
     def remaining_header(self) -> str | None:
-        """``x-soma-budget-remaining``: the tightest budget's remaining amounts."""
+        """``x-soma-budget-remaining``: what the tightest budget has left, counting this
+        request's settled spend (``<id> <window> <key>: tokens=N usd=D gpu_hours=D``,
+        limited dimensions only; concurrent requests may have used some since)."""
         if not self.states:
             return None
         tight = min(self.states, key=lambda s: s.remaining_ratio())
-        return tight.describe_remaining(minus_usd=self.spent_usd)
+        left = tight.limits.remaining(tight.spent + tight.reserved + self.spent)
+        parts = [f"{tight.budget.budget_id} {tight.budget.window} {tight.window.key}:"]
+        if left.tokens is not None:
+            parts.append(f"tokens={max(0, left.tokens)}")
+        if left.usd_nano is not None:
+            parts.append(f"usd={nano_to_usd(max(0, left.usd_nano)):f}")
+        if left.gpu_us is not None:
+            parts.append(f"gpu_hours={us_to_gpu_hours(max(0, left.gpu_us)):f}")
+        return " ".join(parts)
 
 
 @dataclass
@@ -524,7 +535,6 @@ class Gatekeeper:
         await self.budgets.settle(
             rid, model_id=entry.model_id, tokens=tokens, cost_usd=cost_usd, gpu_ms=gpu
         )
-        adm.spent_usd += cost_usd
         adm.spent = adm.spent + Amounts.of_charge(tokens, cost_usd, gpu)
         self.publish_ratios(adm.caller, adm.states, adm.spent)
 
