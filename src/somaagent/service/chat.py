@@ -10,7 +10,6 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NoReturn, Protocol
 
@@ -25,14 +24,12 @@ from somaagent.domain.budgets import BudgetUnavailable
 from somaagent.domain.chat_request import ChatRequest, RequestError
 from somaagent.domain.events import Codec, Event
 from somaagent.domain.identity import Caller, RequestContext
-from somaagent.domain.pricing import call_cost
 from somaagent.domain.ratecards import RateBook
 from somaagent.domain.routing import (
     Catalog,
     CircuitBreaker,
     ClassifierConfig,
     Decision,
-    GpuPricing,
     ModelEntry,
     ModelStats,
     NoRouteError,
@@ -45,6 +42,15 @@ from somaagent.observability import GatewayMetrics
 from somaagent.observability.tracing import Tracing
 from somaagent.service.admission import Admission, Gatekeeper
 from somaagent.service.call_events import CallRecord, call_event, conversation_event
+from somaagent.service.call_records import (
+    failed_record,
+    gpu_ms_of,
+    observe_calls,
+    ok_record,
+    price,
+    span_attributes,
+    span_results,
+)
 from somaagent.service.escalation_notice import escalation_notice
 
 __all__ = ["ChatOutcome", "ChatService", "Upstream", "route_headers", "upstream_signal"]
@@ -166,22 +172,7 @@ class ChatService:
     # ------------------------------------------------------------------ accounting
     def price(self, entry: ModelEntry, usage: Usage, gpu_ms: float) -> tuple[Decimal, str]:
         """The call's exact cost and the rate-card version it was priced with."""
-        card = self.rates.current(entry.model_id, datetime.now(UTC))
-        if card is None:
-            raise RequestError(
-                503,
-                f"no rate card prices {entry.model_id!r}; load one with `soma ratecards load`",
-                code="no_rate_card",
-                kind="server_error",
-            )
-        cost = call_cost(
-            card.pricing,
-            input_tokens=usage.prompt_tokens,
-            output_tokens=usage.completion_tokens,
-            cached_tokens=usage.cached_tokens or 0,
-            gpu_ms=gpu_ms,
-        )
-        return cost, card.version
+        return price(self.rates, entry, usage, gpu_ms)
 
     async def admit(
         self,
@@ -219,9 +210,7 @@ class ChatService:
 
     @staticmethod
     def gpu_ms(measurements: Measurements) -> float:
-        """The upstream's own compute time when it reports it, else measured wall time."""
-        value = measurements.compute_ms
-        return round(value if value is not None else measurements.latency_ms, 3)
+        return gpu_ms_of(measurements)
 
     def emit(self, events: list[Event]) -> None:
         """Validate and durably publish (the spool makes this safe without a broker)."""
@@ -275,28 +264,8 @@ class ChatService:
         self._observe(records, caller)
 
     def _observe(self, records: list[CallRecord], caller: Caller) -> None:
-        """Prometheus figures of the attempts (bounded labels; no ids)."""
-        if self.metrics is None:
-            return
-        for i, r in enumerate(records):
-            ttft = r.time_to_first_token_ms
-            self.metrics.record_call(
-                tenant=caller.tenant,
-                persona=caller.persona,
-                model=r.entry.model_id,
-                tier=r.entry.tier,
-                status=r.status,
-                input_tokens=r.input_tokens,
-                output_tokens=r.output_tokens,
-                duration_s=r.latency_ms / 1000,
-                cost_usd=r.cost_usd,
-                ttft_s=ttft / 1000 if ttft is not None else None,
-                error_type=r.error_code,
-            )
-            if r.escalated and r.status == "ok":
-                self.metrics.record_escalation(r.decision_reason)
-            if r.status in ("error", "fallback") and i + 1 < len(records):
-                self.metrics.record_fallback(r.entry.model_id, records[i + 1].entry.model_id)
+        if self.metrics is not None:
+            observe_calls(self.metrics, records, caller)
 
     # ------------------------------------------------------------------ non-streamed
     async def complete(
@@ -437,50 +406,21 @@ class ChatService:
         received: float,
         reason: str,
     ) -> CallRecord:
-        """The priced record of an attempt that answered."""
-        gpu = self.gpu_ms(measurements)
-        cost, version = self.price(entry, usage, gpu)
-        return CallRecord(
-            entry=entry,
-            status="ok",
-            input_tokens=usage.prompt_tokens,
-            output_tokens=usage.completion_tokens,
-            cached_tokens=usage.cached_tokens or 0,
-            usage_source=usage.source,
-            latency_ms=measurements.latency_ms,
+        return ok_record(
+            self.rates,
+            entry,
+            usage,
+            measurements,
             queue_delay_ms=(started - received) * 1000,
-            gpu_ms=gpu,
-            cost_usd=cost,
-            rate_card_version=version,
-            decision_reason=reason,
-            escalated=entry.tier == "escalation",
+            reason=reason,
         )
 
     @staticmethod
     def span_attributes(entry: ModelEntry, request: ChatRequest) -> dict[str, Any]:
-        """GenAI semantic-convention attributes of an upstream call span (no prompt)."""
-        attrs: dict[str, Any] = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": "llama.cpp" if "local" in entry.tags else "openai",
-            "gen_ai.request.model": entry.model_id,
-            "gen_ai.request.max_tokens": request.max_tokens,
-            "soma.tier": entry.tier,
-            "server.address": entry.base_url or "",
-        }
-        if request.temperature is not None:
-            attrs["gen_ai.request.temperature"] = request.temperature
-        return attrs
+        return span_attributes(entry, request)
 
     def end_span(self, span: Any, record: CallRecord) -> None:
-        self.tracing.set(
-            span,
-            gen_ai__response__model=record.entry.model_id,
-            gen_ai__usage__input_tokens=record.input_tokens,
-            gen_ai__usage__output_tokens=record.output_tokens,
-            soma__cost_usd=f"{record.cost_usd:f}",
-            soma__usage_source=record.usage_source,
-            soma__gpu_ms=record.gpu_ms,
-        )
+        self.tracing.set(span, **span_results(record))
         self.tracing.end(span, None if record.status in ("ok", "fallback") else record.status)
 
     async def settle(self, adm: Admission | None, entry: ModelEntry, record: CallRecord) -> None:
@@ -568,37 +508,18 @@ class ChatService:
         reason: str,
         timeout_s: float | None = None,
     ) -> CallRecord:
-        """Count a failed upstream call against its breaker, list it, and return its record.
-
-        A call that timed out kept a self-hosted model busy until it was cancelled: its wall
-        time, at most the call's timeout, is charged as GPU time (at the GPU price; nothing
-        for a token-priced model).
-        """
+        """Count a failed upstream call against its breaker, list it, and return its record
+        (a timed-out call is charged its GPU time: see ``call_records.failed_record``)."""
         self.upstreams[entry.model_id].breaker.record_failure(self.clock())
         attempts.append({"model_id": entry.model_id, "error": exc.kind, "status": exc.status})
-        card = self.rates.current(entry.model_id, datetime.now(UTC))
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        limit_ms = (timeout_s or self.upstream_timeout_s) * 1000
-        gpu = round(min(elapsed_ms, limit_ms), 3) if exc.kind == "timeout" else 0.0
-        cost = Decimal(0)
-        if card is not None and isinstance(card.pricing, GpuPricing):
-            cost = call_cost(
-                card.pricing, input_tokens=0, output_tokens=0, cached_tokens=0, gpu_ms=gpu
-            )
-        else:
-            gpu = 0.0
-        return CallRecord(
-            entry=entry,
-            status="error",
-            rate_card_version=card.version if card else "unpriced",
-            usage_source="counted",
-            gpu_ms=gpu,
-            cost_usd=cost,
-            latency_ms=elapsed_ms,
+        return failed_record(
+            self.rates,
+            entry,
+            exc,
+            elapsed_ms=(time.perf_counter() - started) * 1000,
+            timeout_s=timeout_s or self.upstream_timeout_s,
             queue_delay_ms=(started - received) * 1000,
-            error_code=f"upstream_{exc.kind}" + (f"_{exc.status}" if exc.status else ""),
-            decision_reason=reason,
-            escalated=entry.tier == "escalation",
+            reason=reason,
         )
 
     def _answer(
