@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import anyio
@@ -24,7 +23,7 @@ from somaagent.domain.identity import (
     build_request_context,
 )
 from somaagent.observability.logging import bind_log_context
-from somaagent.service.chat_stream import open_stream
+from somaagent.service.chat_stream import StreamBody, open_stream
 
 __all__ = ["chat_completions", "list_models", "openai_error", "read_json_body"]
 
@@ -171,7 +170,7 @@ class EventStream(Response):
     cancelled at once and the partial answer accounted.
     """
 
-    def __init__(self, body: AsyncGenerator[bytes, None], headers: dict[str, str]) -> None:
+    def __init__(self, body: StreamBody, headers: dict[str, str]) -> None:
         super().__init__(status_code=200, media_type="text/event-stream")
         self.stream = body
         self.extra_headers = headers

@@ -34,7 +34,7 @@ from somaagent.service.admission import Admission
 from somaagent.service.call_events import CallRecord
 from somaagent.service.chat import ChatService, route_headers
 
-__all__ = ["open_stream"]
+__all__ = ["StreamBody", "open_stream"]
 
 _DONE = b"data: [DONE]\n\n"
 
@@ -46,7 +46,7 @@ async def open_stream(
     ctx: RequestContext,
     received: float,
     approval_id: str | None = None,
-) -> tuple[dict[str, str], AsyncGenerator[bytes, None]]:
+) -> tuple[dict[str, str], StreamBody]:
     """Connect to the first working candidate; return the headers and the SSE body."""
     decision = service.route(request, caller)
     adm, candidates = await service.admit(request, caller, ctx, decision, approval_id)
@@ -72,7 +72,7 @@ async def _connect(
     decision: Decision,
     adm: Admission | None,
     candidates: list[ModelEntry],
-) -> tuple[dict[str, str], AsyncGenerator[bytes, None]]:
+) -> tuple[dict[str, str], StreamBody]:
     tree, attempts = service.new_tree(decision, adm)
     failed: list[CallRecord] = []
     reason: str = decision.reason
@@ -122,10 +122,36 @@ async def _connect(
             service, request, caller, ctx, entry, tree, failed, reason, started, received, acc, body
         )
         state.adm, state.span = adm, span
-        return headers, state.run(first, upstream)
+        return headers, StreamBody(state, first, upstream)
     service.all_failed(
         failed, attempts, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm
     )
+
+
+class StreamBody:
+    """The SSE body: an async iterator of byte chunks whose ``aclose`` also settles a stream
+    that was never iterated (an async generator that never started runs no ``finally``, so
+    the upstream request would stay open and the attempt would go unaccounted)."""
+
+    def __init__(
+        self, state: _Stream, first: StreamEvent, upstream: AsyncGenerator[StreamEvent, None]
+    ) -> None:
+        self._state, self._upstream = state, upstream
+        self._body = state.run(first, upstream)
+        self._started = False
+
+    def __aiter__(self) -> StreamBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self._started = True
+        return await self._body.__anext__()
+
+    async def aclose(self) -> None:
+        if self._started:
+            await self._body.aclose()
+        else:
+            self._state.abandon(self._upstream)
 
 
 class _Stream:
@@ -197,6 +223,13 @@ class _Stream:
                 task = asyncio.get_running_loop().create_task(self._interrupted(upstream))
                 self.service.background.add(task)
                 task.add_done_callback(self.service.background.discard)
+
+    def abandon(self, upstream: AsyncGenerator[StreamEvent, None]) -> None:
+        """The body was never iterated (the client left before it started): close the
+        upstream request and account for what it produced, in the background."""
+        task = asyncio.get_running_loop().create_task(self._interrupted(upstream))
+        self.service.background.add(task)
+        task.add_done_callback(self.service.background.discard)
 
     def _forward(self, chunk: StreamChunk) -> bytes:
         if chunk.usage_only and not self.request.include_usage:
