@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import uuid
@@ -66,7 +67,11 @@ def test_downgrade_to_the_cheapest_model_that_fits(
         assert r.status_code == 200, r.text
         assert r.headers["x-soma-policy-verdict"] == "downgrade"
         assert r.headers["x-soma-model"] == "smollm2-135m-instruct"
-        assert "x-soma-budget-remaining" in r.headers
+        remaining = r.headers["x-soma-budget-remaining"]
+        match = re.fullmatch(r"[0-9a-f]{16} daily \d{4}-\d{2}-\d{2}: usd=([0-9.]+)", remaining)
+        assert match is not None, remaining
+        # what is left counts this call's settled cost: below the limit, never negative
+        assert Decimal(0) <= Decimal(match[1]) < limit
     assert wait_until(lambda: len(events_for(worker, "slm_metrics", session)) == 1)
     tree = events_for(worker, "slm_metrics", session)[0]["decision_tree"]
     assert '"verdict":"downgrade"' in str(tree).replace(" ", "")
