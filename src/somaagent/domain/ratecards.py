@@ -33,6 +33,7 @@ from types import MappingProxyType
 import yaml
 
 from somaagent.domain.routing import GpuPricing, Pricing, TokenPricing
+from somaagent.domain.strict_yaml import load_strict
 
 __all__ = [
     "DEFAULT_RATECARDS_RESOURCE",
@@ -209,7 +210,7 @@ def parse_ratecards(text: str, *, source: str) -> list[RateCardEntry]:
     (two versions of one model with the same ``effective_from``).
     """
     try:
-        document = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: safe
+        document = load_strict(text)
     except yaml.YAMLError as exc:
         raise RateCardError(f"{source}: invalid YAML: {' '.join(str(exc).split())}") from None
     top = _Fields(document, source, _TOP_KEYS)
@@ -380,20 +381,3 @@ def _kind(value: object) -> str:
 
 def _iso(instant: datetime) -> str:
     return instant.isoformat().replace("+00:00", "Z")
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (YAML keeps the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[object, object]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, str | int | float | bool | None):
-                continue  # unhashable or exotic: SafeLoader itself reports it
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)

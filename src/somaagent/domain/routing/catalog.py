@@ -31,6 +31,7 @@ from somaagent.domain.routing._entry import (
 )
 from somaagent.domain.routing._errors import CatalogError
 from somaagent.domain.routing._fields import FieldReader
+from somaagent.domain.strict_yaml import load_strict
 
 __all__ = [
     "CATALOG_VERSION",
@@ -154,7 +155,7 @@ def load_catalog(text: str) -> Catalog:
     on a moving revision (``main``, ``latest``...), an unrendered ``${...}`` placeholder.
     """
     try:
-        document = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: safe
+        document = load_strict(text)
     except yaml.YAMLError as exc:
         raise CatalogError(f"catalog: invalid YAML: {' '.join(str(exc).split())}") from exc
     top = FieldReader(document, "catalog", _TOP_KEYS)
@@ -285,20 +286,3 @@ def _pricing(fields: FieldReader) -> Pricing:
         "pricing",
         "no pricing; give input_per_1k/output_per_1k/cached_input_per_1k or gpu_hour_usd/gpus",
     )
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (YAML keeps the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[object, object]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, str | int | float | bool | None):
-                continue  # unhashable or exotic: SafeLoader itself reports it
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
