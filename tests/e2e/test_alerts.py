@@ -6,11 +6,8 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import httpx
 import pytest
@@ -18,53 +15,19 @@ import pytest
 from somaagent.settings import Settings
 from somaagent.stack import Supervisor
 from tests.conftest import ROOT, fresh_state, make_settings
+from tests.e2e.alert_support import Webhook
 from tests.e2e.gateway_support import free_port
 from tests.integration.telemetry_support import isolated_env, wait_until
 
 
-class Receiver:
-    """The paging system's end of the wire: records what Alertmanager posts."""
-
-    def __init__(self) -> None:
-        self.payloads: list[dict[str, Any]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                outer.payloads.append(json.loads(body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def firing(self, name: str) -> list[dict[str, Any]]:
-        return [
-            a
-            for p in self.payloads
-            for a in p.get("alerts", [])
-            if a.get("labels", {}).get("alertname") == name and a.get("status") == "firing"
-        ]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture()
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
+def receiver() -> Iterator[Webhook]:
+    r = Webhook()
     yield r
     r.close()
 
 
-def test_worker_down_alert_reaches_the_webhook(stack: Settings, receiver: Receiver) -> None:
+def test_worker_down_alert_reaches_the_webhook(stack: Settings, receiver: Webhook) -> None:
     metrics_port = free_port()
     # Prometheus + Alertmanager of this test, scraping the worker's /metrics as soma-worker.
     settings = make_settings(

@@ -10,10 +10,8 @@ rule files unchanged) scrape that gateway's port and post to a receiver in the t
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from somaagent.domain.worst_case import prompt_token_bound
 from somaagent.settings import Settings
 from somaagent.stack import Supervisor
 from tests.conftest import fresh_state, make_settings
+from tests.e2e.alert_support import Webhook
 from tests.e2e.budget_support import create_budget, gateway_url, make_keys, new_tenant
 from tests.e2e.gateway_support import running_gateway
 from tests.integration.telemetry_support import wait_until
@@ -38,45 +37,6 @@ LIMIT = 8 * WORST_TOKENS
 PAYLOAD = {"model": "smollm2-135m-instruct", "messages": MESSAGES, "max_tokens": MAX_TOKENS}
 PAYLOAD_FILE = Path("/tmp/budget_alert_payload.json")
 EXHAUSTED_PAYLOAD_FILE = Path("/tmp/budget_exhausted_payload.json")
-
-
-class Webhook:
-    """The paging system's end: keeps each body exactly as Alertmanager posted it."""
-
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                outer.bodies.append(self.rfile.read(int(self.headers.get("content-length", "0"))))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def firing(self, alertname: str, tenant: str) -> bytes | None:
-        """The first posted body holding ``alertname`` firing for ``tenant``."""
-        for body in list(self.bodies):
-            for a in json.loads(body).get("alerts", []):
-                labels = a.get("labels", {})
-                if (
-                    a.get("status") == "firing"
-                    and labels.get("alertname") == alertname
-                    and labels.get("tenant") == tenant
-                ):
-                    return body
-        return None
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture()
@@ -150,12 +110,15 @@ def monitored_gateway(
 def received(webhook: Webhook, alertname: str, tenant: str) -> tuple[bytes, dict[str, Any], float]:
     """Wait (bounded) for ``alertname`` firing for ``tenant``: the body, the alert, the wait."""
     since = time.monotonic()
-    assert wait_until(lambda: webhook.firing(alertname, tenant) is not None, timeout_s=120), [
+
+    def firing() -> list[tuple[bytes, dict[str, Any]]]:
+        return webhook.firing_bodies(alertname, tenant=tenant)
+
+    assert wait_until(lambda: bool(firing()), timeout_s=120), [
         json.loads(b)["commonLabels"] for b in webhook.bodies
     ]
     waited = time.monotonic() - since
-    body = webhook.firing(alertname, tenant)
-    assert body is not None
+    body = firing()[0][0]  # the first body posted with it
     return body, alert_of(body, alertname, tenant), waited
 
 
