@@ -281,9 +281,14 @@ class ChatService:
         try:
             return await self._complete(request, caller, ctx, received, decision, adm, candidates)
         finally:
-            if adm is not None and self.gate is not None:
-                await self.gate.abandon(adm)
-                self.emit(adm.take_events())  # a verdict not yet published (unexpected error)
+            await self.finish(adm)
+
+    async def finish(self, adm: Admission | None) -> None:
+        """End a request's admission: release a reservation no attempt settled and publish
+        a verdict event not yet published (both no-ops after a normal ``account``)."""
+        if adm is not None and self.gate is not None:
+            await self.gate.abandon(adm)
+            self.emit(adm.take_events())
 
     async def _complete(
         self,

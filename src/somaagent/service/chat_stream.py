@@ -58,9 +58,8 @@ async def open_stream(
         handed_over = True
         return headers, body
     finally:
-        if not handed_over and adm is not None and service.gate is not None:
-            await service.gate.abandon(adm)
-            service.emit(adm.take_events())
+        if not handed_over:
+            await service.finish(adm)
 
 
 async def _connect(
@@ -246,8 +245,7 @@ class _Stream:
         try:
             return await self._account(summary, interrupted=interrupted, error=error)
         finally:
-            if self.adm is not None and self.service.gate is not None:
-                await self.service.gate.abandon(self.adm)
+            await self.service.finish(self.adm)
 
     async def _account(
         self, summary: StreamSummary, *, interrupted: bool, error: UpstreamError | None = None
