@@ -227,7 +227,7 @@ class Gatekeeper:
             and await self.budgets.has_budgets(caller.tenant, caller.persona)
         )
         approval = (
-            presented_approval(self.approvals, approval_id, caller, prompt_hash)
+            await presented_approval(self.approvals, approval_id, caller, prompt_hash)
             if approval_id
             else None
         )
@@ -243,7 +243,7 @@ class Gatekeeper:
             )
             held.append(event)
             try:
-                entry = self._act(
+                entry = await self._act(
                     verdict, decision, models, request, caller, ctx, prompt_hash, worst
                 )
             except RequestError:
@@ -265,7 +265,7 @@ class Gatekeeper:
             if not budgeted or await self.begin(adm, entry):
                 if approval is not None:
                     try:
-                        claim_approval(self.approvals, approval, caller, prompt_hash)
+                        await claim_approval(self.approvals, approval, caller, prompt_hash)
                     except RequestError:
                         await self.abandon(adm)
                         self.emit(held)
@@ -451,7 +451,7 @@ class Gatekeeper:
             latency_ms=latency_ms,
         )
 
-    def _act(
+    async def _act(
         self,
         verdict: Verdict,
         decision: Decision,
@@ -468,7 +468,7 @@ class Gatekeeper:
         if verdict.action == "downgrade":
             return downgrade_target(verdict, models)
         if verdict.action == "require_approval":
-            raise queue_approval(
+            raise await queue_approval(
                 self.approvals,
                 verdict,
                 caller=caller,

@@ -1,11 +1,15 @@
 """What an enforced verdict does to a request: the downgrade target, the refusals, and the
-approvals queue (contract in docs/decisions.md, "Approvals contract")."""
+approvals queue (contract in docs/decisions.md, "Approvals contract"). The queue's Postgres
+calls run in a worker thread, off the event loop."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
+
+import anyio.to_thread
 
 from somaagent.adapters.approvals import Approval, ApprovalError, ApprovalStore
 from somaagent.domain.chat_request import RequestError
@@ -65,7 +69,7 @@ def refusal(verdict: Verdict, now: datetime) -> RequestError:
     )
 
 
-def queue_approval(
+async def queue_approval(
     store: ApprovalStore | None,
     verdict: Verdict,
     *,
@@ -83,17 +87,20 @@ def queue_approval(
         return RequestError(
             403, f"approval required but no approvals queue: {reasons}", code="approval_required"
         )
-    row = store.create(
-        tenant=caller.tenant,
-        persona=caller.persona,
-        role=caller.role,
-        model_id=model_id,
-        prompt_hash=prompt_hash,
-        max_tokens=max_tokens,
-        worst_case_usd=worst_case_usd,
-        reasons=verdict.reasons,
-        budget_trace_id=ctx.budget_trace_id,
-        ttl_s=ttl_s,
+    row = await anyio.to_thread.run_sync(
+        partial(
+            store.create,
+            tenant=caller.tenant,
+            persona=caller.persona,
+            role=caller.role,
+            model_id=model_id,
+            prompt_hash=prompt_hash,
+            max_tokens=max_tokens,
+            worst_case_usd=worst_case_usd,
+            reasons=verdict.reasons,
+            budget_trace_id=ctx.budget_trace_id,
+            ttl_s=ttl_s,
+        )
     )
     return RequestError(
         403,
@@ -107,14 +114,14 @@ def queue_approval(
     )
 
 
-def presented_approval(
+async def presented_approval(
     store: ApprovalStore | None, approval_id: str, caller: Caller, prompt_hash: str
 ) -> Approval:
     """The approved approval a request presents (``X-Soma-Approval``), or a 4xx saying why
     it cannot be used (another tenant's reads as unknown)."""
     if store is None:
         raise RequestError(400, "this gateway has no approvals queue", param="X-Soma-Approval")
-    row = store.get(approval_id)
+    row = await anyio.to_thread.run_sync(store.get, approval_id)
     if row is None or row.tenant != caller.tenant:
         raise RequestError(404, f"no approval {approval_id!r}", code="approval_not_found")
     if row.prompt_hash != prompt_hash:
@@ -132,13 +139,17 @@ def presented_approval(
     return row
 
 
-def claim_approval(
+async def claim_approval(
     store: ApprovalStore | None, approval: Approval, caller: Caller, prompt_hash: str
 ) -> None:
     """Mark the approval used (exactly once); a 409 when another request used it first."""
     assert store is not None
     try:
-        store.claim(approval.approval_id, tenant=caller.tenant, prompt_hash=prompt_hash)
+        await anyio.to_thread.run_sync(
+            partial(
+                store.claim, approval.approval_id, tenant=caller.tenant, prompt_hash=prompt_hash
+            )
+        )
     except ApprovalError as exc:
         raise RequestError(409, str(exc), code="approval_not_approved") from None
 
