@@ -296,12 +296,13 @@ class Gatekeeper:
         prompt_hash: str,
     ) -> tuple[Verdict, Event]:
         """The policy's verdict and its (not yet published) ``policy.events`` event."""
+        units = {m: self.amounts(w) for m, w in worst.items()}
         doc = policy_input(
             request=request,
             caller=caller,
             ctx=ctx,
             decision=decision,
-            candidates={m: (models[m], self.amounts(w)) for m, w in worst.items()},
+            candidates={m: (models[m], u) for m, u in units.items()},
             states=states,
             approval=approval,
             prompt_hash=prompt_hash,
@@ -327,14 +328,8 @@ class Gatekeeper:
         )
         if self.metrics is not None:
             self.metrics.record_policy(verdict.action, latency_ms / 1000)
-            cheapest = Amounts(
-                *(
-                    min(col)
-                    for col in zip(
-                        *(self.amounts(w).as_tuple() for w in worst.values()), strict=True
-                    )
-                )
-            )
+            columns = zip(*(u.as_tuple() for u in units.values()), strict=True)
+            cheapest = Amounts(*(min(col) for col in columns))
             self.publish_ratios(caller, states, Amounts(), cheapest=cheapest)
             if blocks and self.enforce:
                 self.metrics.record_call(
