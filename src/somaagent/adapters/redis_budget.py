@@ -15,15 +15,14 @@ propagate as they are.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal, TypeVar
 
 import redis.asyncio as aioredis
-from redis import exceptions as redis_errors
 
+from somaagent.adapters.resp import RespClient, RespUnavailable, Script
 from somaagent.domain.budgets import (
     DIMENSIONS,
     Amounts,
@@ -47,12 +46,6 @@ __all__ = [
 T = TypeVar("T")
 SettleStatus = Literal["settled", "gone", "duplicate"]
 _SETTLE_STATUS: dict[int, SettleStatus] = {0: "duplicate", 1: "settled", 2: "gone"}
-_UNAVAILABLE = (
-    redis_errors.ConnectionError,
-    redis_errors.TimeoutError,
-    redis_errors.BusyLoadingError,
-    redis_errors.ReadOnlyError,
-)
 _FIELDS = ("st", "sn", "su", "rt", "rn", "ru")
 
 
@@ -103,8 +96,8 @@ class RebuildReservation:
     indexes: tuple[int, ...]
 
 
-def _script(name: str) -> str:
-    return resources.files("somaagent.adapters").joinpath("lua", name).read_text()
+def _script(name: str) -> Script:
+    return Script.of(resources.files("somaagent.adapters").joinpath("lua", name).read_text())
 
 
 def _limit(value: int | None) -> str:
@@ -130,40 +123,45 @@ class RedisBudgetCounters:
         reap_limit: int = 100,
         done_ttl_s: int = 600,
         reservation_grace_s: int = 40 * 86_400,
-        max_connections: int = 64,
     ) -> None:
-        # At most ``max_connections`` calls at once: a burst waits on the semaphore (cheap
-        # when uncontended) rather than failing with "Too many connections"; redis-py's
-        # blocking pool does the same but costs ~100 us per call in ``wait_for``.
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-        )
-        self._slots = asyncio.Semaphore(max_connections)
+        # One auto-pipelined connection (adapters.resp): concurrent calls share its round
+        # trips; redis-py's pool and parser layers cost several times more per call.
+        self._url = url
+        self._timeout_s = timeout_s
+        self._resp = RespClient(url, timeout_s=timeout_s)
+        self._inspect: aioredis.Redis | None = None
         self._grace_s = reservation_grace_s
         self._reap_limit_arg = str(reap_limit)
         self._done_ttl_arg = str(done_ttl_s)
         self._grace_arg = str(reservation_grace_s)
-        register = self._client.register_script
-        self._reserve = register(_script("budget_reserve.lua"))
-        self._settle = register(_script("budget_settle.lua"))
-        self._release = register(_script("budget_release.lua"))
-        self._rebuild = register(_script("budget_rebuild.lua"))
-        self._reset = register(_script("budget_reset.lua"))
+        self._reserve = _script("budget_reserve.lua")
+        self._settle = _script("budget_settle.lua")
+        self._release = _script("budget_release.lua")
+        self._rebuild = _script("budget_rebuild.lua")
+        self._reset = _script("budget_reset.lua")
 
     @property
     def client(self) -> aioredis.Redis:
-        """The underlying client (tests and the benchmark use it to inspect keys)."""
-        return self._client
+        """A redis-py client on the same server (tests and the benchmark inspect keys with
+        it; the budget operations themselves never use it)."""
+        if self._inspect is None:
+            self._inspect = aioredis.Redis.from_url(
+                self._url, decode_responses=True, socket_timeout=self._timeout_s
+            )
+        return self._inspect
 
     async def _call(self, work: Awaitable[T]) -> T:
         try:
-            async with self._slots:
-                return await work
-        except _UNAVAILABLE as exc:
+            return await work
+        except (RespUnavailable, ConnectionError, TimeoutError) as exc:
             raise BudgetUnavailable(f"Redis unavailable: {exc}") from exc
+        except Exception as exc:
+            if "LOADING" in str(exc) or "READONLY" in str(exc):
+                raise BudgetUnavailable(f"Redis unavailable: {exc}") from exc
+            raise
+
+    def _run(self, script: Script, keys: list[str], args: list[str]) -> Awaitable[Any]:
+        return self._resp.run_script(script, keys, args)
 
     @staticmethod
     def _prefix(tenant: str) -> str:
@@ -195,7 +193,7 @@ class RedisBudgetCounters:
         )
         args = [reservation_id, str(lifetime_ms), _words(amounts), self._prefix(tenant)]
         args += [self._reap_limit_arg, self._grace_arg, limits]
-        reply: list[int] = await self._call(self._reserve(keys=keys, args=args))
+        reply: list[int] = await self._call(self._run(self._reserve, keys, args))
         status = reply[0]
         if status == 1:
             return ReserveResult("reserved", deadline_ms=int(reply[1]))
@@ -213,7 +211,7 @@ class RedisBudgetCounters:
         """Free the reservation's held units and add ``actual`` to spent (see the script)."""
         keys = self._tenant_keys(tenant, reservation_id) + list(counters)
         args = [reservation_id, _words(actual), self._done_ttl_arg]
-        reply: list[int] = await self._call(self._settle(keys=keys, args=args))
+        reply: list[int] = await self._call(self._run(self._settle, keys, args))
         return _SETTLE_STATUS[int(reply[0])]
 
     async def release(
@@ -222,7 +220,7 @@ class RedisBudgetCounters:
         """Free the reservation's held units; nothing is spent."""
         keys = self._tenant_keys(tenant, reservation_id) + list(counters)
         args = [reservation_id, self._done_ttl_arg]
-        reply: list[int] = await self._call(self._release(keys=keys, args=args))
+        reply: list[int] = await self._call(self._run(self._release, keys, args))
         return _SETTLE_STATUS[int(reply[0])]
 
     async def rebuild(
@@ -244,13 +242,13 @@ class RedisBudgetCounters:
         for r in reservations:
             args += [r.reservation_id, str(r.deadline_ms), *_ints(r.amounts)]
             args += [str(len(r.indexes)), *(str(i + 1) for i in r.indexes)]
-        reply: list[int] = await self._call(self._rebuild(keys=keys, args=args))
+        reply: list[int] = await self._call(self._run(self._rebuild, keys, args))
         return [bool(flag) for flag in reply]
 
     async def reset(self, key: str) -> Amounts | None:
         """Set the counter's spent units to 0 (reserved kept); the spent units it had, or
         ``None`` when the counter is missing (nothing changed)."""
-        reply: list[int] = await self._call(self._reset(keys=[key], args=[]))
+        reply: list[int] = await self._call(self._run(self._reset, [key], []))
         if reply[0] == 0:
             return None
         return Amounts(int(reply[1]), int(reply[2]), int(reply[3]))
@@ -260,14 +258,11 @@ class RedisBudgetCounters:
         if not keys:
             return []
 
-        async def run() -> list[Any]:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.exists(key)
-                    pipe.hmget(key, list(_FIELDS))
-                return list(await pipe.execute())
-
-        replies = await self._call(run())
+        commands: list[tuple[Any, ...]] = []
+        for key in keys:
+            commands.append(("EXISTS", key))
+            commands.append(("HMGET", key, *_FIELDS))
+        replies = await self._call(self._resp.many(commands))
         values: list[CounterValues | None] = []
         for exists, fields in zip(replies[0::2], replies[1::2], strict=True):
             if not exists:
@@ -278,5 +273,7 @@ class RedisBudgetCounters:
         return values
 
     async def aclose(self) -> None:
-        """Close every pooled connection."""
-        await self._client.aclose()
+        """Close the connection (and the inspection client, if one was made)."""
+        await self._resp.aclose()
+        if self._inspect is not None:
+            await self._inspect.aclose()

@@ -1,0 +1,243 @@
+"""A lean asyncio Redis client for the gateway's hot path: one connection, auto-pipelined.
+
+Every command is written at once and its future queued; replies (RESP2, parsed by
+hiredis) resolve the futures in order. Concurrent callers therefore share one socket and
+one round trip per event-loop tick without any explicit pipeline, and a call costs a few
+microseconds of Python instead of redis-py's pool, retry and parser layers.
+
+Failure model: a connection error, a reset, or a reply that does not arrive within
+``timeout_s`` (checked by one watchdog timer, not a timer per call) fails every pending
+call with ``RespUnavailable`` and drops the connection; the next call reconnects. Error
+replies (``-ERR ...``) raise ``RespError`` for that call only. Scripts run by EVALSHA and
+are loaded on ``NOSCRIPT`` (after a restart or ``SCRIPT FLUSH``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import hiredis
+
+__all__ = ["RespClient", "RespError", "RespUnavailable", "Script"]
+
+
+class RespError(Exception):
+    """An error reply from the server (for this call only)."""
+
+
+class RespUnavailable(ConnectionError):
+    """The server cannot be reached or did not answer in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script and its SHA1 (the EVALSHA name)."""
+
+    source: str
+    sha: str
+
+    @classmethod
+    def of(cls, source: str) -> Script:
+        return cls(source, hashlib.sha1(source.encode()).hexdigest())
+
+
+def _encode(args: tuple[Any, ...]) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        raw = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
+    return b"".join(parts)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, on_lost: Any) -> None:
+        self.reader = hiredis.Reader(replyError=RespError, encoding="utf-8")
+        self.pending: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self._on_lost = on_lost
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        pending = self.pending
+        while True:
+            reply = reader.gets()
+            if reply is False:
+                return
+            if not pending:  # a reply nobody asked for: the stream is out of step
+                self.fail(RespUnavailable("unexpected reply from Redis"))
+                return
+            future, _ = pending.popleft()
+            if future.done():
+                continue
+            if isinstance(reply, RespError):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(RespUnavailable(f"connection to Redis lost: {exc or 'closed'}"))
+
+    def fail(self, exc: Exception) -> None:
+        transport, self.transport = self.transport, None
+        pending, self.pending = self.pending, deque()
+        for future, _ in pending:
+            if not future.done():
+                future.set_exception(exc)
+        if transport is not None:
+            transport.abort()
+        self._on_lost(self)
+
+
+class RespClient:
+    """One auto-pipelined connection to ``redis://[:password@]host:port[/db]``."""
+
+    def __init__(self, url: str, *, timeout_s: float = 2.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", ""):
+            raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} (redis:// only)")
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 6379
+        self._password = unquote(parts.password) if parts.password else None
+        self._username = unquote(parts.username) if parts.username else None
+        path = parts.path.strip("/")
+        self._db = int(path) if path else 0
+        self._timeout_s = timeout_s
+        self._proto: _Protocol | None = None
+        self._connecting: asyncio.Future[_Protocol] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ connection
+    def _lost(self, proto: _Protocol) -> None:
+        if self._proto is proto:
+            self._proto = None
+
+    async def _connect(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        try:
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: _Protocol(self._lost), self._host, self._port),
+                self._timeout_s,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise RespUnavailable(
+                f"cannot connect to Redis at {self._host}:{self._port}: {exc or 'timeout'}"
+            ) from exc
+        self._proto = proto
+        hello: list[tuple[Any, ...]] = []
+        if self._password is not None:
+            creds = (self._username, self._password) if self._username else (self._password,)
+            hello.append(("AUTH", *creds))
+        if self._db:
+            hello.append(("SELECT", self._db))
+        for command in hello:
+            try:
+                await self._send(proto, command)
+            except RespError as exc:
+                proto.fail(RespUnavailable(f"Redis refused {command[0]}: {exc}"))
+                raise RespUnavailable(f"Redis refused {command[0]}: {exc}") from exc
+        self._arm_watchdog(loop)
+        return proto
+
+    async def _protocol(self) -> _Protocol:
+        proto = self._proto
+        if proto is not None and proto.transport is not None:
+            return proto
+        if self._closed:
+            raise RespUnavailable("client closed")
+        if self._connecting is None or self._connecting.done():
+            loop = asyncio.get_running_loop()
+            self._connecting = loop.create_future()
+            connecting = self._connecting
+            try:
+                connecting.set_result(await self._connect())
+            except BaseException as exc:
+                connecting.set_exception(exc)
+                connecting.exception()  # retrieved: waiters re-raise it themselves
+                self._connecting = None
+                raise
+            return connecting.result()
+        return await asyncio.shield(self._connecting)
+
+    def _arm_watchdog(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._watchdog is None and not self._closed:
+            period = max(0.01, self._timeout_s / 4)
+            self._watchdog = loop.call_later(period, self._check, loop, period)
+
+    def _check(self, loop: asyncio.AbstractEventLoop, period: float) -> None:
+        self._watchdog = None
+        proto = self._proto
+        if proto is not None and proto.pending:
+            _, sent_at = proto.pending[0]
+            if time.monotonic() - sent_at > self._timeout_s:
+                proto.fail(RespUnavailable(f"Redis did not answer in {self._timeout_s} s"))
+        if self._proto is not None:
+            self._watchdog = loop.call_later(period, self._check, loop, period)
+
+    # ------------------------------------------------------------------ commands
+    @staticmethod
+    def _send(proto: _Protocol, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        transport = proto.transport
+        if transport is None:
+            raise RespUnavailable("connection to Redis lost")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        proto.pending.append((future, time.monotonic()))
+        transport.write(_encode(args))
+        return future
+
+    async def execute(self, *args: Any) -> Any:
+        """Run one command; its reply (str, int, list, None)."""
+        proto = await self._protocol()
+        return await self._send(proto, args)
+
+    async def many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Run several commands in one write; their replies in order (an error reply is
+        raised after every reply has arrived)."""
+        proto = await self._protocol()
+        transport = proto.transport
+        if transport is None:
+            raise RespUnavailable("connection to Redis lost")
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        futures: list[asyncio.Future[Any]] = []
+        for _ in commands:
+            future: asyncio.Future[Any] = loop.create_future()
+            proto.pending.append((future, now))
+            futures.append(future)
+        transport.write(b"".join(_encode(c) for c in commands))
+        replies = await asyncio.gather(*futures, return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies
+
+    async def run_script(self, script: Script, keys: list[str], args: list[str]) -> Any:
+        """EVALSHA, loading the script first when the server does not know it."""
+        try:
+            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except RespError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        await self.execute("SCRIPT", "LOAD", script.source)
+        return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def aclose(self) -> None:
+        """Close the connection; pending calls fail with ``RespUnavailable``."""
+        self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        proto, self._proto = self._proto, None
+        if proto is not None:
+            proto.fail(RespUnavailable("client closed"))

@@ -1,0 +1,178 @@
+"""The lean auto-pipelined Redis client (``adapters.resp``) against the stack's real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import uuid
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import pytest
+
+from somaagent.adapters.resp import RespClient, RespError, RespUnavailable, Script
+from somaagent.settings import Settings
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@pytest.fixture(scope="module")
+def redis_url(stack: Settings) -> str:
+    return stack.url("redis_url")
+
+
+def test_concurrent_calls_share_one_connection_and_get_their_own_replies(redis_url: str) -> None:
+    async def scenario() -> None:
+        client = RespClient(redis_url)
+        key = f"resp-test:{uuid.uuid4().hex}"
+        try:
+            replies = await asyncio.gather(*(client.execute("INCR", key) for _ in range(500)))
+            assert sorted(replies) == list(range(1, 501))
+            assert replies == list(range(1, 501))  # FIFO: the n-th call sees the n-th value
+            clients = await client.execute("CLIENT", "LIST")
+            assert clients.count("cmd=") >= 1
+            ids = {await client.execute("CLIENT", "ID") for _ in range(3)}
+            assert len(ids) == 1  # one connection for everything
+            assert await client.execute("GET", key) == "500"
+            assert await client.execute("GET", f"{key}:missing") is None
+        finally:
+            await client.execute("DEL", key)
+            await client.aclose()
+
+    run(scenario())
+
+
+def test_an_error_reply_fails_only_its_own_call(redis_url: str) -> None:
+    async def scenario() -> None:
+        client = RespClient(redis_url)
+        key = f"resp-test:{uuid.uuid4().hex}"
+        try:
+            await client.execute("SET", key, "not a number")
+            results = await asyncio.gather(
+                client.execute("PING"),
+                client.execute("INCR", key),
+                client.execute("ECHO", "after"),
+                return_exceptions=True,
+            )
+            assert results[0] == "PONG"
+            assert isinstance(results[1], RespError)
+            assert "not an integer" in str(results[1])
+            assert results[2] == "after"
+            many = client.many([("PING",), ("INCR", key), ("PING",)])
+            with pytest.raises(RespError):
+                await many
+            assert await client.execute("PING") == "PONG"  # still in step
+        finally:
+            await client.execute("DEL", key)
+            await client.aclose()
+
+    run(scenario())
+
+
+def test_scripts_are_loaded_again_after_a_script_flush(redis_url: str) -> None:
+    script = Script.of(f"-- {uuid.uuid4().hex}\nreturn {{KEYS[1], ARGV[1], 42}}")
+
+    async def scenario() -> None:
+        client = RespClient(redis_url)
+        try:
+            assert await client.run_script(script, ["k"], ["v"]) == ["k", "v", 42]
+            await client.execute("SCRIPT", "FLUSH")
+            assert await client.run_script(script, ["k2"], ["v2"]) == ["k2", "v2", 42]
+            exists = await client.execute("SCRIPT", "EXISTS", script.sha)
+            assert exists == [1]
+        finally:
+            await client.aclose()
+
+    run(scenario())
+
+
+def test_a_server_that_stops_answering_fails_pending_calls_then_recovers(redis_url: str) -> None:
+    async def scenario() -> None:
+        client = RespClient(redis_url, timeout_s=0.3)
+        admin = RespClient(redis_url)
+        try:
+            assert await client.execute("PING") == "PONG"
+            await admin.execute("CLIENT", "PAUSE", "1500", "ALL")
+            started = time.monotonic()
+            results = await asyncio.gather(
+                *(client.execute("PING") for _ in range(5)), return_exceptions=True
+            )
+            waited = time.monotonic() - started
+            assert all(isinstance(r, RespUnavailable) for r in results), results
+            assert "did not answer" in str(results[0])
+            assert 0.3 <= waited < 1.2
+            await asyncio.sleep(1.5)  # the pause is over
+            assert await client.execute("PING") == "PONG"  # reconnected
+        finally:
+            await admin.execute("CLIENT", "UNPAUSE")
+            await client.aclose()
+            await admin.aclose()
+
+    run(scenario())
+
+
+def test_a_killed_connection_is_replaced_on_the_next_call(redis_url: str) -> None:
+    async def scenario() -> None:
+        client = RespClient(redis_url)
+        admin = RespClient(redis_url)
+        try:
+            first = await client.execute("CLIENT", "ID")
+            assert await admin.execute("CLIENT", "KILL", "ID", str(first)) == 1
+            await asyncio.sleep(0.1)  # the close reaches the client's loop
+            second = await client.execute("CLIENT", "ID")
+            assert second != first
+            assert await client.execute("PING") == "PONG"
+        finally:
+            await client.aclose()
+            await admin.aclose()
+
+    run(scenario())
+
+
+def test_nothing_listening_is_unavailable_with_the_address() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+
+    async def scenario() -> None:
+        client = RespClient(f"redis://127.0.0.1:{port}/0", timeout_s=0.5)
+        with pytest.raises(RespUnavailable, match=f"127.0.0.1:{port}"):
+            await client.execute("PING")
+        await client.aclose()
+
+    run(scenario())
+
+
+def test_url_database_is_selected(redis_url: str) -> None:
+    base = redis_url.rsplit("/", 1)[0] if redis_url.count("/") > 2 else redis_url
+
+    async def scenario() -> None:
+        key = f"resp-test:{uuid.uuid4().hex}"
+        db5 = RespClient(f"{base}/5")
+        db0 = RespClient(f"{base}/0")
+        try:
+            await db5.execute("SET", key, "five")
+            assert await db5.execute("GET", key) == "five"
+            assert await db0.execute("GET", key) is None
+        finally:
+            await db5.execute("DEL", key)
+            await db5.aclose()
+            await db0.aclose()
+
+    run(scenario())
+
+
+def test_closed_client_refuses_calls(redis_url: str) -> None:
+    async def scenario() -> None:
+        client = RespClient(redis_url)
+        assert await client.execute("PING") == "PONG"
+        await client.aclose()
+        with pytest.raises(RespUnavailable, match="closed"):
+            await client.execute("PING")
+
+    run(scenario())
