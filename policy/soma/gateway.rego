@@ -169,6 +169,49 @@ fit_verdict := v if {
 }
 
 # ---------------------------------------------------------------------------------------
+# Reuse (data.soma.gateway.decision): when the gateway may apply this verdict to a later
+# input without evaluating again. Only a plain allow (rule 2 without rule 3) is reusable:
+# it reads no prompt hash and no approval, and it stays the same for any input (built by
+# the gateway, so valid by construction) where
+#   - the value at every path in `equal` is the same as in this input,
+#   - the array at every path in `lengths` has the same length,
+#   - for every [a, b] in `at_most`: the integer at path a <= the integer at path b,
+# for at most `ttl_s` seconds. Paths are arrays of object keys and array indexes. The
+# gateway checks these conditions on the new input; tests check them against evaluating.
+
+decision := {"verdict": verdict, "reuse": reuse}
+
+reuse_ttl_s := 60
+
+reuse := r if {
+	input_valid
+	chosen_fits
+	not crosses_threshold(chosen)
+	some k, c in input.route.candidates
+	c.model_id == input.route.model_id
+	wc := ["route", "candidates", k, "worst_case"]
+	r := {
+		"ttl_s": reuse_ttl_s,
+		"equal": array.concat(
+			[["route", "model_id"], ["route", "candidates", k, "model_id"]],
+			[p |
+				some i, _ in input.budgets
+				some f in ["budget_id", "approval_above_usd_nano", "limit"]
+				p := ["budgets", i, f]
+			],
+		),
+		"lengths": [["budgets"]],
+		"at_most": array.concat(
+			[[array.concat(wc, [d]), ["budgets", i, "remaining", d]] | some [i, d, _] in caps],
+			[[array.concat(wc, ["usd_nano"]), ["budgets", i, "approval_above_usd_nano"]] |
+				some i, b in input.budgets
+				b.approval_above_usd_nano != null
+			],
+		),
+	}
+} else := null
+
+# ---------------------------------------------------------------------------------------
 # Rule 4: the chosen model does not fit.
 
 # [budget index, dimension] where the chosen model's worst case is over what remains.

@@ -66,6 +66,7 @@ from somaagent.service.chat import ChatService, Upstream
 from somaagent.service.health import HealthCheck
 from somaagent.service.ingest import Ingestor
 from somaagent.service.model_stats import ModelStatsCache
+from somaagent.service.verdict_cache import VerdictCache
 from somaagent.service.worker import WorkerStats, run_worker
 from somaagent.settings import Settings
 
@@ -328,6 +329,7 @@ def build_gate(
         unavailable=(PolicyUnavailable,),
         metrics=metrics,
         tracing=tracing,
+        reuse=VerdictCache() if settings.policy_reuse else None,
     )
 
 

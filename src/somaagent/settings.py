@@ -184,6 +184,9 @@ class Settings(BaseSettings):
     policy_dir: Path = Field(default_factory=lambda: _default_infra_dir().parent / "policy")
     policy_url: str | None = None
     policy_timeout_s: float = Field(default=0.5, gt=0)
+    # Reuse verdicts the policy itself declares reusable (data.soma.gateway.decision.reuse)
+    # for later calls that meet its conditions, instead of evaluating every call.
+    policy_reuse: bool = True
     # enforce: verdicts are acted on; permissive (LOCAL default): logged and emitted only.
     policy_mode: Literal["enforce", "permissive"] | None = None
     # Budgets and rate cards.

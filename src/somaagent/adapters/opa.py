@@ -34,9 +34,11 @@ import aiohttp
 import orjson
 
 from somaagent.domain.policy import PolicyError, Verdict, parse_verdict
+from somaagent.domain.policy_reuse import Reuse, parse_decision
 
 __all__ = [
     "DECISION_PATH",
+    "REUSE_PATH",
     "InProcessPolicyEngine",
     "PolicyBundle",
     "PolicyUnavailable",
@@ -49,6 +51,8 @@ __all__ = [
 ]
 
 DECISION_PATH = "soma/gateway/verdict"
+# The verdict together with the conditions under which it may be reused (domain.policy_reuse).
+REUSE_PATH = "soma/gateway/decision"
 CONSTITUTION = "constitution.md"
 _SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ERROR_COUNT = re.compile(r"^(bundle activation failed: )?\d+ errors? occurred:\s*")
@@ -149,10 +153,17 @@ class InProcessPolicyEngine:
     :class:`PolicyUnavailable`.
     """
 
-    def __init__(self, bundle: PolicyBundle, *, path: str = DECISION_PATH) -> None:
+    def __init__(
+        self,
+        bundle: PolicyBundle,
+        *,
+        path: str = DECISION_PATH,
+        decision_path: str = REUSE_PATH,
+    ) -> None:
         self.bundle = bundle
         self.path = path
         self._dotted = ".".join(split_path(path))
+        self._decision = ".".join(split_path(decision_path))
         self._opa = _bindings()
         self._engine = self._compile(bundle)
         self._closed = False
@@ -202,6 +213,10 @@ class InProcessPolicyEngine:
         """The verdict for ``input_doc`` (blocking; safe from any thread)."""
         return parse_verdict(self._evaluate(self._dotted, input_doc))
 
+    def decide(self, input_doc: Mapping[str, Any]) -> tuple[Verdict, Reuse | None]:
+        """The verdict for ``input_doc`` and when it may be reused (blocking)."""
+        return parse_decision(self._evaluate(self._decision, input_doc))
+
     async def _in_thread(self, dotted: str, input_doc: object | None) -> Any:
         loop = asyncio.get_running_loop()
         try:
@@ -218,6 +233,10 @@ class InProcessPolicyEngine:
     async def aevaluate(self, input_doc: Mapping[str, Any]) -> Verdict:
         """:meth:`evaluate` in one of this engine's worker threads (off the event loop)."""
         return parse_verdict(await self._in_thread(self._dotted, input_doc))
+
+    async def adecide(self, input_doc: Mapping[str, Any]) -> tuple[Verdict, Reuse | None]:
+        """:meth:`decide` in one of this engine's worker threads."""
+        return parse_decision(await self._in_thread(self._decision, input_doc))
 
     def close(self) -> None:
         """Release the engine; later evaluations raise :class:`PolicyUnavailable`.
@@ -253,10 +272,18 @@ class RestPolicyEngine:
     result that is not a verdict. Use from one event loop.
     """
 
-    def __init__(self, base_url: str, *, timeout_s: float, path: str = DECISION_PATH) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float,
+        path: str = DECISION_PATH,
+        decision_path: str = REUSE_PATH,
+    ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
         self.url = f"{base_url.rstrip('/')}/v1/data/{'/'.join(split_path(path))}"
+        self.decision_url = f"{base_url.rstrip('/')}/v1/data/{'/'.join(split_path(decision_path))}"
         self.timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -271,8 +298,10 @@ class RestPolicyEngine:
             )
         return self._session
 
-    async def adocument(self, input_doc: object) -> Any:
-        """The raw ``result`` for ``input_doc``; :class:`PolicyUndefined` when absent."""
+    async def adocument(self, input_doc: object, *, url: str | None = None) -> Any:
+        """The raw ``result`` for ``input_doc`` (at ``url``, by default the verdict's);
+        :class:`PolicyUndefined` when absent."""
+        url = url or self.url
         try:
             body = orjson.dumps({"input": input_doc}, default=_orjson_default)
         except TypeError as exc:
@@ -280,31 +309,35 @@ class RestPolicyEngine:
         session = self._client()
         try:
             async with asyncio.timeout(self.timeout_s):
-                async with session.post(self.url, data=body) as response:
+                async with session.post(url, data=body) as response:
                     status, raw = response.status, await response.read()
         except TimeoutError:
-            message = f"OPA at {self.url}: no answer within {self.timeout_s} s"
+            message = f"OPA at {url}: no answer within {self.timeout_s} s"
             raise PolicyUnavailable(message) from None
         except aiohttp.ClientError as exc:
-            raise PolicyUnavailable(f"OPA at {self.url}: {exc or type(exc).__name__}") from exc
+            raise PolicyUnavailable(f"OPA at {url}: {exc or type(exc).__name__}") from exc
         snippet = raw[:200].decode(errors="replace")
         if status >= 500:
-            raise PolicyUnavailable(f"OPA at {self.url} answered {status}: {snippet}")
+            raise PolicyUnavailable(f"OPA at {url} answered {status}: {snippet}")
         if status != 200:
-            raise PolicyError(f"OPA at {self.url} rejected the query ({status}): {snippet}")
+            raise PolicyError(f"OPA at {url} rejected the query ({status}): {snippet}")
         try:
             answer = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise PolicyError(f"OPA at {self.url} answered with non-JSON: {snippet}") from None
+            raise PolicyError(f"OPA at {url} answered with non-JSON: {snippet}") from None
         if not isinstance(answer, dict):
-            raise PolicyError(f"OPA at {self.url} answered with a non-object: {snippet}")
+            raise PolicyError(f"OPA at {url} answered with a non-object: {snippet}")
         if "result" not in answer:
-            raise PolicyUndefined(f"OPA at {self.url}: the document is undefined for this input")
+            raise PolicyUndefined(f"OPA at {url}: the document is undefined for this input")
         return answer["result"]
 
     async def aevaluate(self, input_doc: Mapping[str, Any]) -> Verdict:
         """The verdict for ``input_doc``."""
         return parse_verdict(await self.adocument(input_doc))
+
+    async def adecide(self, input_doc: Mapping[str, Any]) -> tuple[Verdict, Reuse | None]:
+        """The verdict for ``input_doc`` and when it may be reused."""
+        return parse_decision(await self.adocument(input_doc, url=self.decision_url))
 
     async def aclose(self) -> None:
         """Close the pooled connections; later calls raise :class:`PolicyUnavailable`."""

@@ -46,6 +46,7 @@ from somaagent.domain.events import Event
 from somaagent.domain.identity import Caller, RequestContext
 from somaagent.domain.policy import Verdict
 from somaagent.domain.policy_input import policy_input
+from somaagent.domain.policy_reuse import Reuse
 from somaagent.domain.ratecards import RateBook
 from somaagent.domain.routing import Decision, GpuPricing, ModelEntry
 from somaagent.domain.worst_case import WorstCase, prompt_token_bound, worst_case
@@ -60,6 +61,7 @@ from somaagent.service.verdict_actions import (
     refusal,
     verdict_event,
 )
+from somaagent.service.verdict_cache import Reused, VerdictCache
 
 __all__ = ["Admission", "Gatekeeper"]
 
@@ -69,6 +71,7 @@ _MAX_ROUNDS = 3
 
 class PolicyPort(Protocol):
     async def aevaluate(self, input_doc: Mapping[str, Any]) -> Verdict: ...
+    async def adecide(self, input_doc: Mapping[str, Any]) -> tuple[Verdict, Reuse | None]: ...
 
 
 @dataclass
@@ -150,6 +153,8 @@ class Gatekeeper:
     metrics: GatewayMetrics | None = None
     close_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     tracing: Tracing = field(default_factory=lambda: Tracing(None))
+    # Verdicts the policy declared reusable (None: every call is evaluated).
+    reuse: VerdictCache | None = None
 
     async def aclose(self) -> None:
         """Flush budget charges, then close the budget and policy adapters."""
@@ -309,14 +314,16 @@ class Gatekeeper:
             policy_version=self.policy_version,
             constitution_hash=self.constitution_hash,
         )
+        key = (caller.tenant, caller.persona, decision.model.model_id)
         with self.tracing.span("policy.evaluate") as span:
-            verdict, latency_ms = await self._evaluate(doc, ctx, decision)
+            verdict, latency_ms, reuse = await self._evaluate(doc, ctx, decision, key)
             self.tracing.set(
                 span,
                 soma__policy__verdict=verdict.action,
                 soma__policy__model=verdict.model_id,
                 soma__policy__latency_ms=round(latency_ms, 3),
                 soma__policy__version=self.policy_version,
+                soma__policy__reused=isinstance(reuse, Reused),
             )
         blocks = verdict.action in ("pause", "require_approval", "deny")
         event = self._verdict_event(
@@ -325,7 +332,10 @@ class Gatekeeper:
             blocked=blocks and self.enforce,
             overridden=verdict.action != "allow" and not self.enforce,
             latency_ms=latency_ms,
+            reused_from=reuse.source_event_id if isinstance(reuse, Reused) else None,
         )
+        if isinstance(reuse, Reuse) and self.reuse is not None:
+            self.reuse.put(key, doc, verdict, reuse, str(getattr(event, "event_id", "")))
         if self.metrics is not None:
             self.metrics.record_policy(verdict.action, latency_ms / 1000)
             columns = zip(*(u.as_tuple() for u in units.values()), strict=True)
@@ -383,48 +393,57 @@ class Gatekeeper:
             )
 
     async def _evaluate(
-        self, doc: Mapping[str, Any], ctx: RequestContext, decision: Decision
-    ) -> tuple[Verdict, float]:
+        self,
+        doc: Mapping[str, Any],
+        ctx: RequestContext,
+        decision: Decision,
+        key: tuple[str, ...],
+    ) -> tuple[Verdict, float, Reuse | Reused | None]:
+        """The verdict, the time it took (ms), and either the conditions under which the
+        policy lets it be reused or the cached verdict it is."""
         started = time.perf_counter()
         if self.policy is None:
             verdict = Verdict(
                 "allow", ("no policy engine is configured",), decision.model.model_id, None
             )
-        else:
-            try:
-                evaluate = getattr(self.policy, "evaluate", None)
-                verdict = (
-                    evaluate(doc) if evaluate is not None else await self.policy.aevaluate(doc)
+            return verdict, (time.perf_counter() - started) * 1000, None
+        if self.reuse is not None:
+            hit = self.reuse.get(key, doc)
+            if hit is not None:
+                return hit.verdict, (time.perf_counter() - started) * 1000, hit
+        reuse: Reuse | None = None
+        try:
+            decide = getattr(self.policy, "decide", None)
+            verdict, reuse = decide(doc) if decide is not None else await self.policy.adecide(doc)
+        except self.unavailable as exc:
+            if self.fail_closed:
+                denied = self._verdict_event(
+                    ctx,
+                    Verdict(
+                        "deny",
+                        (f"policy engine unavailable: {exc}",),
+                        decision.model.model_id,
+                        None,
+                    ),
+                    blocked=True,
+                    overridden=False,
+                    latency_ms=(time.perf_counter() - started) * 1000,
                 )
-            except self.unavailable as exc:
-                if self.fail_closed:
-                    denied = self._verdict_event(
-                        ctx,
-                        Verdict(
-                            "deny",
-                            (f"policy engine unavailable: {exc}",),
-                            decision.model.model_id,
-                            None,
-                        ),
-                        blocked=True,
-                        overridden=False,
-                        latency_ms=(time.perf_counter() - started) * 1000,
-                    )
-                    self.emit([denied])
-                    raise RequestError(
-                        503,
-                        f"the policy engine is unavailable and this deployment fails closed: {exc}",
-                        code="policy_unavailable",
-                        kind="server_error",
-                    ) from None
-                log.warning("policy engine unavailable, failing open: %s", exc)
-                verdict = Verdict(
-                    "allow",
-                    (f"policy engine unavailable (fail open): {exc}",),
-                    decision.model.model_id,
-                    None,
-                )
-        return verdict, (time.perf_counter() - started) * 1000
+                self.emit([denied])
+                raise RequestError(
+                    503,
+                    f"the policy engine is unavailable and this deployment fails closed: {exc}",
+                    code="policy_unavailable",
+                    kind="server_error",
+                ) from None
+            log.warning("policy engine unavailable, failing open: %s", exc)
+            verdict = Verdict(
+                "allow",
+                (f"policy engine unavailable (fail open): {exc}",),
+                decision.model.model_id,
+                None,
+            )
+        return verdict, (time.perf_counter() - started) * 1000, reuse
 
     def _verdict_event(
         self,
@@ -434,7 +453,13 @@ class Gatekeeper:
         blocked: bool,
         overridden: bool,
         latency_ms: float,
+        reused_from: str | None = None,
     ) -> Event:
+        if reused_from is not None:
+            note = f"reused: the verdict of policy event {reused_from}, whose conditions hold"
+            verdict = Verdict(
+                verdict.action, (*verdict.reasons, note), verdict.model_id, verdict.retry_after
+            )
         return verdict_event(
             ctx,
             verdict,
