@@ -10,6 +10,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
+import uvloop
 
 from somaagent.adapters.resp import RespClient, RespError, RespUnavailable, Script
 from somaagent.settings import Settings
@@ -26,7 +27,10 @@ def redis_url(stack: Settings) -> str:
     return stack.url("redis_url")
 
 
-def test_concurrent_calls_share_one_connection_and_get_their_own_replies(redis_url: str) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_concurrent_calls_share_one_connection_and_get_their_own_replies(
+    redis_url: str, loop: str
+) -> None:
     async def scenario() -> None:
         client = RespClient(redis_url)
         key = f"resp-test:{uuid.uuid4().hex}"
@@ -44,7 +48,7 @@ def test_concurrent_calls_share_one_connection_and_get_their_own_replies(redis_u
             await client.execute("DEL", key)
             await client.aclose()
 
-    run(scenario())
+    (uvloop.run if loop == "uvloop" else asyncio.run)(scenario())  # the gateway runs uvloop
 
 
 def test_an_error_reply_fails_only_its_own_call(redis_url: str) -> None:
