@@ -7,12 +7,14 @@ from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
 from somaagent.adapters.upstream._accumulator import StreamAccumulator
 from somaagent.adapters.upstream._errors import UpstreamError, from_exception, from_status
+from somaagent.adapters.upstream._http1 import Http1Pool
 from somaagent.adapters.upstream._sse import SseDecoder
 from somaagent.adapters.upstream._types import (
     Measurements,
@@ -111,6 +113,7 @@ class UpstreamClient:
         self._keepalive_s = keepalive_s
         self._reuse_stream_connections = reuse_stream_connections
         self._session: aiohttp.ClientSession | None = None
+        self._pool: Http1Pool | None = None
         self._closed = False
 
     async def __aenter__(self) -> UpstreamClient:
@@ -127,9 +130,25 @@ class UpstreamClient:
     async def close(self) -> None:
         """Close the pooled connections; the client cannot be used afterwards."""
         self._closed = True
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def _lean(self, url: str) -> Http1Pool | None:
+        """The lean keep-alive pool for ``url`` when it is plain http on the base URL's
+        host (every non-streamed call of the hot path), else ``None`` (aiohttp)."""
+        if self._closed:
+            raise RuntimeError("UpstreamClient is closed")
+        if not url.startswith(self.root_url + "/") or not url.startswith("http://"):
+            return None
+        if self._pool is None:
+            self._pool = Http1Pool(
+                self.root_url, max_connections=self._max_connections, keepalive_s=self._keepalive_s
+            )
+        return self._pool
 
     def _session_now(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -175,17 +194,25 @@ class UpstreamClient:
         timeout_s: float,
         traceparent: str | None,
     ) -> tuple[dict[str, Any], int]:
-        try:
-            async with self._session_now().post(
-                url,
-                data=orjson.dumps(payload),
-                headers=self._headers(traceparent, accept="application/json"),
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-            ) as response:
-                raw = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise from_exception(exc, url) from None
+        data = orjson.dumps(payload)
+        headers = self._headers(traceparent, accept="application/json")
+        pool = self._lean(url)
+        if pool is not None:
+            parts = urlsplit(url)
+            path = f"{parts.path}?{parts.query}" if parts.query else parts.path
+            status, raw = await pool.post(url, path, data, headers, timeout_s)
+        else:
+            try:
+                async with self._session_now().post(
+                    url,
+                    data=data,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=timeout_s),
+                ) as response:
+                    raw = await response.read()
+                    status = response.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise from_exception(exc, url) from None
         if status >= 400:
             raise from_status(status, raw, url)
         return _json_object(raw, url), status
