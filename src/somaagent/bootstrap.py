@@ -375,6 +375,8 @@ class Container:
     def collect_pipeline(self) -> None:
         """Refresh the pipeline figures on ``/metrics`` from the live stats objects."""
         pub, worker = self.publisher, self.worker
+        if self.chat is not None and self.chat.gate is not None:
+            self.chat.gate.flush_ratios()
         self.metrics.collect_pipeline(
             publisher_stats=pub.stats if pub else None,
             spool_depth=pub.spool.depth if pub else None,

@@ -258,14 +258,13 @@ class RedisBudgetCounters:
         if not keys:
             return []
 
-        commands: list[tuple[Any, ...]] = []
-        for key in keys:
-            commands.append(("EXISTS", key))
-            commands.append(("HMGET", key, *_FIELDS))
+        # A counter is only ever created whole (the rebuild script writes all six fields),
+        # so HMGET alone tells a missing counter: every field is nil.
+        commands: list[tuple[Any, ...]] = [("HMGET", key, *_FIELDS) for key in keys]
         replies = await self._call(self._resp.many(commands))
         values: list[CounterValues | None] = []
-        for exists, fields in zip(replies[0::2], replies[1::2], strict=True):
-            if not exists:
+        for fields in replies:
+            if fields[0] is None:
                 values.append(None)
                 continue
             n = [int(v) if v is not None else 0 for v in fields]

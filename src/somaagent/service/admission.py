@@ -36,6 +36,7 @@ from somaagent.domain.budgets import (
     Amounts,
     BudgetState,
     BudgetUnavailable,
+    Limits,
     gpu_ms_to_us_ceil,
     nano_to_usd,
     us_to_gpu_hours,
@@ -155,6 +156,10 @@ class Gatekeeper:
     tracing: Tracing = field(default_factory=lambda: Tracing(None))
     # Verdicts the policy declared reusable (None: every call is evaluated).
     reuse: VerdictCache | None = None
+    # (tenant, persona, window) -> (limits, used, cheapest call) since the last flush_ratios.
+    _ratios: dict[tuple[str, str, str], tuple[Limits, Amounts, Amounts | None]] = field(
+        default_factory=dict
+    )
 
     async def aclose(self) -> None:
         """Flush budget charges, then close the budget and policy adapters."""
@@ -363,7 +368,9 @@ class Gatekeeper:
         *,
         cheapest: Amounts | None = None,
     ) -> None:
-        """``soma_budget_remaining_ratio`` of each budget, counting ``extra`` as spent too.
+        """Note each budget's use (counting ``extra`` as spent too) for
+        ``soma_budget_remaining_ratio``; :meth:`flush_ratios` turns the latest into the gauge
+        when ``/metrics`` is scraped, so a call pays for a dict update, not a gauge update.
 
         A budget whose remaining amount cannot cover the ``cheapest`` call the caller could
         make (per dimension) reads 0: it is exhausted in practice, since admission reserves
@@ -372,9 +379,22 @@ class Gatekeeper:
         """
         if self.metrics is None:
             return
+        ratios = self._ratios
         for st in states:
-            used = st.spent + st.reserved + extra
-            limits = (st.limits.tokens, st.limits.usd_nano, st.limits.gpu_us)
+            key = (caller.tenant, st.budget.persona or "-", st.budget.window)
+            need = cheapest
+            if need is None:
+                previous = ratios.get(key)
+                need = previous[2] if previous is not None else None
+            ratios[key] = (st.limits, st.spent + st.reserved + extra, need)
+
+    def flush_ratios(self) -> None:
+        """Publish ``soma_budget_remaining_ratio`` for every budget used since the last flush."""
+        if self.metrics is None:
+            return
+        pending, self._ratios = self._ratios, {}
+        for (tenant, persona, window), (lim, used, cheapest) in pending.items():
+            limits = (lim.tokens, lim.usd_nano, lim.gpu_us)
             ratios = [
                 (limit - u) / limit if limit > 0 else 0.0
                 for limit, u in zip(limits, used.as_tuple(), strict=True)
@@ -386,10 +406,7 @@ class Gatekeeper:
             ):
                 ratios.append(0.0)
             self.metrics.set_budget_remaining(
-                tenant=caller.tenant,
-                persona=st.budget.persona or "-",
-                window=st.budget.window,
-                ratio=min(ratios) if ratios else 1.0,
+                tenant=tenant, persona=persona, window=window, ratio=min(ratios) if ratios else 1.0
             )
 
     async def _evaluate(

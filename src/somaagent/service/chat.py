@@ -33,6 +33,7 @@ from somaagent.domain.routing import (
     ModelEntry,
     ModelStats,
     NoRouteError,
+    RankingMemo,
     RequestRejected,
     RouterFlags,
     classify_messages,
@@ -122,6 +123,7 @@ class ChatService:
     metrics: GatewayMetrics | None = None
     gate: Gatekeeper | None = None
     tracing: Tracing = field(default_factory=lambda: Tracing(None))
+    ranking_memo: RankingMemo = field(default_factory=RankingMemo)
 
     # ------------------------------------------------------------------ routing
     def open_circuits(self) -> frozenset[str]:
@@ -156,6 +158,7 @@ class ChatService:
                 requested_model=requested,
                 upstream_signal=signal,  # type: ignore[arg-type]
                 open_circuits=self.open_circuits(),
+                memo=self.ranking_memo,
             )
         except RequestRejected as exc:
             status = 403 if exc.code == "model_not_allowed" else 404

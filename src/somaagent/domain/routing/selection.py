@@ -40,6 +40,7 @@ __all__ = [
     "Decision",
     "DecisionReason",
     "Exclusion",
+    "RankingMemo",
     "RouterFlags",
     "UpstreamSignal",
     "decide",
@@ -132,10 +133,16 @@ def decide(
     upstream_signal: UpstreamSignal | None = None,
     open_circuits: Set[str] = frozenset(),
     config: RouterConfig | None = None,
+    memo: RankingMemo | None = None,
 ) -> Decision:
-    """Choose the model for one request; raise ``RequestRejected`` or ``NoRouteError``."""
+    """Choose the model for one request; raise ``RequestRejected`` or ``NoRouteError``.
+
+    ``memo`` (owned by the caller) keeps the rankings between requests while the catalog,
+    flags, stats snapshot, open circuits and config stay the same objects/values."""
     config = config or RouterConfig()
     ctx = _Context(catalog, persona, role, flags, stats or {}, open_circuits, config)
+    if memo is not None:
+        ctx.use(memo)
     rules = _rules(flags, classification, upstream_signal)
     triggers = [r.rule for r in rules if r.fired and r.active]
     lower: list[Tier] = ["slm", "primary"] if ctx.ranked("slm") else ["primary"]
@@ -215,6 +222,11 @@ class _Context:
         self.config = config
         self._ranked: dict[Tier, tuple[RankedCandidate, ...]] = {}
 
+    def use(self, memo: RankingMemo) -> None:
+        """Share ``memo``'s rankings for this persona and role (cleared when any input of a
+        ranking changed)."""
+        self._ranked = memo.rankings(self)
+
     def exclusion(self, entry: ModelEntry) -> Exclusion | None:
         """Why ``entry`` cannot take this request, or None when it is eligible."""
         if not entry.enabled:
@@ -257,6 +269,36 @@ class _Context:
         entry = self.catalog.get(model_id)
         assert entry is not None
         return next(c for c in self.ranked(entry.tier) if c.entry.model_id == model_id)
+
+
+class RankingMemo:
+    """Rankings per (persona, role), valid for one catalog, flags, stats snapshot, set of
+    open circuits and config; bounded to ``max_callers`` pairs."""
+
+    def __init__(self, max_callers: int = 1024) -> None:
+        self._inputs: tuple[object, ...] = ()
+        self._by_caller: dict[tuple[str, str], dict[Tier, tuple[RankedCandidate, ...]]] = {}
+        self._max = max_callers
+
+    def rankings(self, ctx: _Context) -> dict[Tier, tuple[RankedCandidate, ...]]:
+        inputs = (ctx.catalog, ctx.flags, ctx.stats, frozenset(ctx.open_circuits), ctx.config)
+        old = self._inputs
+        if len(old) != len(inputs) or not (
+            old[0] is inputs[0]
+            and old[1] == inputs[1]
+            and (old[2] is inputs[2] or not (old[2] or inputs[2]))  # same snapshot
+            and old[3] == inputs[3]
+            and old[4] == inputs[4]
+        ):
+            self._inputs = inputs
+            self._by_caller = {}
+        key = (ctx.persona, ctx.role)
+        ranked = self._by_caller.get(key)
+        if ranked is None:
+            if len(self._by_caller) >= self._max:
+                self._by_caller.clear()
+            ranked = self._by_caller[key] = {}
+        return ranked
 
 
 @dataclass(frozen=True, slots=True)
