@@ -15,6 +15,7 @@ are loaded on ``NOSCRIPT`` (after a restart or ``SCRIPT FLUSH``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections import deque
@@ -61,6 +62,19 @@ class _Protocol(asyncio.Protocol):
         self.pending: deque[tuple[asyncio.Future[Any], float]] = deque()
         self.transport: asyncio.Transport | None = None
         self._on_lost = on_lost
+        # Commands of one event-loop tick go out in one write (one syscall for all the
+        # calls made concurrently), flushed by a call_soon callback.
+        self.outbox: list[bytes] = []
+
+    def queue(self, data: bytes) -> None:
+        if not self.outbox:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.outbox.append(data)
+
+    def flush(self) -> None:
+        out, self.outbox = self.outbox, []
+        if self.transport is not None and out:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -89,6 +103,7 @@ class _Protocol(asyncio.Protocol):
 
     def fail(self, exc: Exception) -> None:
         transport, self.transport = self.transport, None
+        self.outbox = []
         pending, self.pending = self.pending, deque()
         for future, _ in pending:
             if not future.done():
@@ -187,12 +202,11 @@ class RespClient:
     # ------------------------------------------------------------------ commands
     @staticmethod
     def _send(proto: _Protocol, args: tuple[Any, ...]) -> asyncio.Future[Any]:
-        transport = proto.transport
-        if transport is None:
+        if proto.transport is None:
             raise RespUnavailable("connection to Redis lost")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         proto.pending.append((future, time.monotonic()))
-        transport.write(_encode(args))
+        proto.queue(_encode(args))
         return future
 
     async def execute(self, *args: Any) -> Any:
@@ -204,8 +218,7 @@ class RespClient:
         """Run several commands in one write; their replies in order (an error reply is
         raised after every reply has arrived)."""
         proto = await self._protocol()
-        transport = proto.transport
-        if transport is None:
+        if proto.transport is None:
             raise RespUnavailable("connection to Redis lost")
         loop = asyncio.get_running_loop()
         now = time.monotonic()
@@ -214,11 +227,21 @@ class RespClient:
             future: asyncio.Future[Any] = loop.create_future()
             proto.pending.append((future, now))
             futures.append(future)
-        transport.write(b"".join(_encode(c) for c in commands))
-        replies = await asyncio.gather(*futures, return_exceptions=True)
-        for reply in replies:
-            if isinstance(reply, BaseException):
-                raise reply
+        proto.queue(b"".join([_encode(c) for c in commands]))
+        # Replies come in order: once the last is in, every one is (or the connection
+        # failed, which fails them all).
+        with contextlib.suppress(Exception):
+            await futures[-1]
+        replies = []
+        error: BaseException | None = None
+        for future in futures:
+            exc = future.exception()
+            if exc is not None:
+                error = error or exc
+            else:
+                replies.append(future.result())
+        if error is not None:
+            raise error
         return replies
 
     async def run_script(self, script: Script, keys: list[str], args: list[str]) -> Any:

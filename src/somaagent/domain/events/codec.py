@@ -147,7 +147,8 @@ def format_timestamp(moment: datetime) -> str:
     """``moment`` as the contract's timestamp: UTC, microseconds, ``Z``."""
     if moment.tzinfo is None:
         raise ValueError("naive datetime: the contract needs an aware one")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is several times faster than strftime; "+00:00" becomes "Z".
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def utc_now_iso() -> str:
