@@ -94,3 +94,34 @@ class Children:
                 pass
             time.sleep(0.25)
         raise RuntimeError(f"{name} did not answer {url} within {timeout_s:.0f} s")
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (PostgreSQL's backends, for one)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def pin(pids: list[int], core: int) -> None:
+    """Move every thread of these processes and of their descendants to ``core``."""
+    for root in pids:
+        for pid in descendants(root):
+            subprocess.run(
+                ["taskset", "-a", "-p", "-c", str(core), str(pid)],
+                capture_output=True,
+                check=False,
+            )

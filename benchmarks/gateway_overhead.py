@@ -48,7 +48,7 @@ sys.path.insert(0, str(BENCH))
 
 import _litellm  # noqa: E402
 from _loadgen import LevelResult, run_level  # noqa: E402
-from _procs import Children, log  # noqa: E402
+from _procs import Children, log, pin  # noqa: E402
 from _report import CLIENT_CORE, PROXY_CORE, added, machine, ratio, verdict  # noqa: E402
 
 from somaagent.settings import Settings, load_settings  # noqa: E402
@@ -269,11 +269,23 @@ def level(
 
 
 def real_model(run: Run, supervisor: Supervisor) -> dict[str, Any]:
-    """llama-server with the primary model: gateway throughput versus calling it directly."""
+    """llama-server with the primary model: gateway throughput versus calling it directly.
+
+    The model gets core 1 to itself, as it would have its own accelerator: for this phase
+    everything else (gateway, load generator, worker, Kafka, PostgreSQL, Redis) shares core
+    0. Otherwise the telemetry work the gateway's calls cause (the worker's batches into
+    ClickHouse, Kafka, PostgreSQL) runs on the model's single core and slows the model.
+    """
     try:
         supervisor.up(only=["model-primary"])
     except Exception as exc:  # noqa: BLE001 - reported, the rest of the run stands
         return {"status": f"not measured: {exc}"}
+    model = supervisor.record("model-primary")
+    ours = [os.getpid(), *(run.children.pid(n) for n in ("worker", "upstream", "gateway"))]
+    ours += [r.pid for n in ("kafka", "postgres", "redis") if (r := supervisor.record(n))]
+    if model is not None:
+        pin([model.pid], CLIENT_CORE)
+    pin(ours, PROXY_CORE)
     try:
         url = run.settings.url("primary_model_url") + "/chat/completions"
         body = chat_body(REAL_MODEL, max_tokens=32)
@@ -311,7 +323,8 @@ def real_model(run: Run, supervisor: Supervisor) -> dict[str, Any]:
             "status": "measured",
             "model": REAL_MODEL,
             "server": f"llama-server, {run.settings.model_threads} thread(s), "
-            f"--parallel {run.settings.model_parallel}, core {CLIENT_CORE}",
+            f"--parallel {run.settings.model_parallel}, alone on core {CLIENT_CORE}",
+            "everything_else_on_core": PROXY_CORE,
             "concurrency": c,
             "max_tokens": 32,
             "direct": direct,
@@ -322,6 +335,8 @@ def real_model(run: Run, supervisor: Supervisor) -> dict[str, Any]:
         }
     finally:
         supervisor.down(only=["model-primary"])
+        pin([p for p in ours if p != run.children.pid("gateway")], CLIENT_CORE)
+        pin([run.children.pid("gateway")], PROXY_CORE)
 
 
 def telemetry_check(settings: Settings, gateway_ok: int) -> dict[str, Any]:
@@ -447,7 +462,9 @@ def measure_all(run: Run, supervisor: Supervisor, report: dict[str, Any]) -> Non
     with_litellm = lite["status"] == "measured"
     report["litellm"] = lite
     report["levels"] = {
-        c: level(run, int(c), stream=False, litellm=with_litellm) for c in args.levels.split(",")
+        c: level(run, int(c), stream=False, litellm=with_litellm)
+        for c in args.levels.split(",")
+        if c
     }
     if not args.no_stream:
         report["streaming_c16"] = level(run, 16, stream=True, litellm=with_litellm)

@@ -99,6 +99,12 @@ class Spool:
         self._writer: BinaryIO | None = None
         self._writer_bytes = 0
         self._last_fsync = time.monotonic()
+        self._dirty = False
+        # fsync runs in this thread, never in the caller of append_many (the gateway's
+        # event loop): a disk flush there stalled every request in flight.
+        self._stop_sync = threading.Event()
+        self._syncer = threading.Thread(target=self._sync_loop, name="spool-sync", daemon=True)
+        self._syncer.start()
 
     # ------------------------------------------------------------------ state
     def _load_watermark(self) -> int:
@@ -135,7 +141,7 @@ class Spool:
     def _open_writer(self) -> BinaryIO:
         if self._writer is not None and self._writer_bytes < self._segment_bytes:
             return self._writer
-        if self._writer is not None:
+        if self._writer is not None:  # rolling over: the old segment is complete
             self._writer.flush()
             os.fsync(self._writer.fileno())
             self._writer.close()
@@ -149,7 +155,7 @@ class Spool:
         """Append ``(topic, key, value)`` records in order; return their sequence numbers.
 
         The bytes reach the operating system before this returns (they survive a crash of
-        this process); they are fsynced at most ``fsync_interval_s`` later.
+        this process); the spool's own thread fsyncs them at most ``fsync_interval_s`` later.
         """
         with self._mutex:
             writer = self._open_writer()
@@ -165,11 +171,27 @@ class Spool:
             writer.write(blob)
             writer.flush()
             self._writer_bytes += len(blob)
-            now = time.monotonic()
-            if now - self._last_fsync >= self._fsync_interval_s:
-                os.fsync(writer.fileno())
-                self._last_fsync = now
+            self._dirty = True
             return seqs
+
+    def sync(self) -> None:
+        """fsync everything appended so far (the file lock is not held during the fsync)."""
+        with self._mutex:
+            if self._writer is None:
+                return
+            self._writer.flush()
+            fd = os.dup(self._writer.fileno())  # stays valid if a roll closes the writer
+            self._dirty = False
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._last_fsync = time.monotonic()
+
+    def _sync_loop(self) -> None:
+        while not self._stop_sync.wait(self._fsync_interval_s):
+            if self._dirty:
+                self.sync()
 
     def append(self, topic: str, key: bytes, value: bytes) -> int:
         return self.append_many([(topic, key, value)])[0]
@@ -199,12 +221,9 @@ class Spool:
 
     def checkpoint(self) -> None:
         """Persist the watermark and delete segments whose records are all delivered."""
+        self.sync()
         with self._mutex:
             watermark = min(self._unacked) if self._unacked else self._next_seq
-            if self._writer is not None:
-                self._writer.flush()
-                os.fsync(self._writer.fileno())
-                self._last_fsync = time.monotonic()
             tmp = self.directory / "watermark.tmp"
             tmp.write_text(str(watermark))
             os.replace(tmp, self.directory / "watermark")
@@ -220,6 +239,8 @@ class Spool:
             self._segments = keep
 
     def close(self) -> None:
+        self._stop_sync.set()
+        self._syncer.join(timeout=5)
         self.checkpoint()
         with self._mutex:
             if self._writer is not None:
