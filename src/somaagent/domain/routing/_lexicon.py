@@ -47,6 +47,13 @@ __all__ = [
 _CASE_EXOTIC = frozenset("\u0130\u0131\u017f")
 _WORD_RUNS = re.compile(r"(\W+)")
 _PUNCT = ".,;:!?\"'()[]<>*`"
+# ASCII: "-" -> " ", any other character that is neither a word character nor whitespace
+# (str.isspace, as str.split uses) -> NUL (one character each: translate's fast path).
+_ASCII_SEPARATORS = {ord("-"): " "} | {
+    i: "\0"
+    for i in range(128)
+    if not (chr(i).isalnum() or chr(i) == "_" or chr(i).isspace() or chr(i) == "-")
+}
 
 
 class TextScan:
@@ -72,31 +79,37 @@ class TextScan:
             self._tokenise()
 
     def _tokenise(self) -> None:
+        # Tokens are the \w+ runs of the lowered text; glue[i] holds when the \W+ run
+        # between tokens i and i + 1 is whitespace and hyphens only.
+        if self.lowered.isascii():
+            self._tokenise_ascii()
+            return
+        # re.split with a group alternates word, separator, word, ... (an empty word only
+        # at either end).
+        parts = _WORD_RUNS.split(self.lowered)
+        words, seps = parts[0::2], parts[1::2]
+        first = 0 if words[0] else 1
+        last = len(words) if words[-1] else len(words) - 1
+        self.tokens = words[first:last]
+        self.glue = [
+            sep == " " or not sep.replace("-", "").strip() for sep in seps[first : last - 1]
+        ]
+
+    def _tokenise_ascii(self) -> None:
+        # The same on ASCII text at C speed: hyphens become spaces, every other non-word,
+        # non-space character a stand-alone NUL item, then str.split() does the rest.
         tokens = self.tokens
         glue = self.glue
-        joined = True  # whether the separator since the last token is [\s-]* only
-        for chunk in self.lowered.split():
-            if chunk.isalnum():
-                if tokens:
-                    glue.append(joined)
-                tokens.append(chunk)
-                joined = True
+        joined = True
+        marked = self.lowered.translate(_ASCII_SEPARATORS).replace("\0", " \0 ")
+        for item in marked.split():
+            if item == "\0":
+                joined = False
                 continue
-            core = chunk.strip(_PUNCT)
-            if core.isalnum():  # a word in punctuation that is neither a hyphen nor \\w
-                if tokens:
-                    glue.append(joined and chunk[0] not in _PUNCT)
-                tokens.append(core)
-                joined = chunk[-1] not in _PUNCT
-                continue
-            for index, piece in enumerate(_WORD_RUNS.split(chunk)):
-                if index % 2:
-                    joined = joined and not piece.strip("-")
-                elif piece:
-                    if tokens:
-                        glue.append(joined)
-                    tokens.append(piece)
-                    joined = True
+            if tokens:
+                glue.append(joined)
+            tokens.append(item)
+            joined = True
 
     def hits(self) -> list[int]:
         """Indexes of tokens that may start a term of any lexicon (memoised)."""
