@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,8 +113,11 @@ async def _client(
     result: LevelResult,
     clock: dict[str, float],
     expect_header: tuple[str, str] | None,
+    think: Callable[[], float] | None = None,
 ) -> None:
     while True:
+        if think is not None:  # an independent user's pause before the next request
+            await asyncio.sleep(think())
         started = time.perf_counter()
         if started >= clock["stop"]:
             return
@@ -143,6 +148,13 @@ async def _client(
             clock["stop"] = done
 
 
+def _thinker(seed: int, think_s: float) -> Callable[[], float] | None:
+    if think_s <= 0:
+        return None
+    rng = random.Random(seed)
+    return lambda: rng.random() * think_s
+
+
 async def run_level(
     url: str,
     body: bytes,
@@ -153,9 +165,11 @@ async def run_level(
     max_requests: int,
     expect_header: tuple[str, str] | None = None,
     pid: int | None = None,
+    think_s: float = 0.0,
 ) -> tuple[LevelResult, Window]:
     """Run one level; returns the result and the CPU used over the measured window (by the
-    machine's cores and, when ``pid`` is given, by that process)."""
+    machine's cores and, when ``pid`` is given, by that process). ``think_s`` > 0: each
+    client pauses a random 0..``think_s`` seconds (seeded per client) before each request."""
     result = LevelResult(concurrency)
     window = Window()
     headers = {"Content-Type": "application/json"}
@@ -169,9 +183,12 @@ async def run_level(
         "last": 0.0,
     }
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        thinks = [_thinker(i, think_s) for i in range(concurrency)]
         tasks = [
-            asyncio.create_task(_client(session, url, body, headers, result, clock, expect_header))
-            for _ in range(concurrency)
+            asyncio.create_task(
+                _client(session, url, body, headers, result, clock, expect_header, thinks[i])
+            )
+            for i in range(concurrency)
         ]
         await asyncio.sleep(max(0.0, clock["measure"] - time.perf_counter()))
         window.ticks_start = cpu_ticks()

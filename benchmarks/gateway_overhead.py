@@ -17,8 +17,9 @@ upstream, Kafka, PostgreSQL and the telemetry worker to core 1. Each level (conc
 count or a time limit. "Added" latency is the proxy's p50/p99 minus the direct p50/p99 at
 the same concurrency. Also: a streamed level, a level with a 4,000-character prompt (the
 gateway's pre-classifier reads every prompt), the gateway with the worker inside its process
-(the LOCAL default), and the real-model case (llama-server with the primary model: gateway
-throughput must be at least 98% of calling it directly).
+(the LOCAL default), and the real-model case (llama-server with the primary model, alone on
+core 1 while everything else shares core 0: gateway throughput must be at least 98% of
+calling it directly), with clients in lockstep and as independent users (random pauses).
 
 Prints one JSON object on stdout; progress on stderr.
 Usage: .venv/bin/python benchmarks/gateway_overhead.py [--duration 8] [--no-real-model]
@@ -56,6 +57,10 @@ from somaagent.stack import Supervisor  # noqa: E402
 
 FIXED_MODEL = "bench-fixed"
 REAL_MODEL = "smollm2-135m-instruct"
+# Independent users: each client pauses 0..this many seconds before each request. Clients
+# in lockstep (identical requests, all answered at once) let llama-server decode all of
+# them in one batch step; any jitter (a proxy's millisecond included) splits that batch.
+REAL_THINK_S = 0.2
 HOST = "127.0.0.1"
 
 CATALOG = """version: 1
@@ -209,6 +214,7 @@ class Run:
         expect_header: tuple[str, str] | None = None,
         duration_s: float | None = None,
         warmup_s: float | None = None,
+        think_s: float = 0.0,
     ) -> dict[str, Any]:
         pid = self.children.pid(pid_name) if pid_name else None
         result, window = uvloop.run(
@@ -221,6 +227,7 @@ class Run:
                 max_requests=self.args.max_requests,
                 expect_header=expect_header,
                 pid=pid,
+                think_s=think_s,
             )
         )
         self.last = result
@@ -268,6 +275,45 @@ def level(
     return row
 
 
+def alternate(run: Run, url: str, body: bytes, *, think_s: float) -> dict[str, Any]:
+    """Direct and through the gateway in alternating rounds (direct, gateway, direct,
+    gateway) so drift hits both alike; ``think_s``: clients pause before each request."""
+    c, seconds = run.args.real_concurrency, run.args.real_duration
+    usage = ("x-soma-usage-source", "reported")
+    both: dict[str, LevelResult] = {"direct": LevelResult(c), "gateway": LevelResult(c)}
+    pid_cpu = 0.0
+    for _ in range(2):
+        for target in ("direct", "gateway"):
+            out = run.measure(
+                target,
+                url if target == "direct" else run.gateway_url,
+                body,
+                c,
+                pid_name="gateway" if target == "gateway" else None,
+                expect_header=usage if target == "gateway" else None,
+                duration_s=seconds / 2,
+                warmup_s=4.0,
+                think_s=think_s,
+            )
+            merged = both[target]
+            merged.latencies_ms += run.last.latencies_ms
+            merged.elapsed_s += run.last.elapsed_s
+            merged.errors += run.last.errors
+            merged.header_mismatches += run.last.header_mismatches
+            merged.header_seen = run.last.header_seen or merged.header_seen
+            if target == "gateway":
+                pid_cpu += out.get("cpu_us_per_request", 0.0) * len(run.last.latencies_ms)
+    direct, gateway = both["direct"].summary(), both["gateway"].summary()
+    gateway["x-soma-usage-source"] = both["gateway"].header_seen
+    gateway["header_mismatches"] = both["gateway"].header_mismatches
+    gateway["cpu_us_per_request"] = round(pid_cpu / max(1, gateway["requests"]), 1)
+    return {
+        "direct": direct,
+        "gateway": added(gateway, direct),
+        "gateway_rps_over_direct": ratio(gateway["rps"], direct["rps"]),
+    }
+
+
 def real_model(run: Run, supervisor: Supervisor) -> dict[str, Any]:
     """llama-server with the primary model: gateway throughput versus calling it directly.
 
@@ -283,55 +329,30 @@ def real_model(run: Run, supervisor: Supervisor) -> dict[str, Any]:
     model = supervisor.record("model-primary")
     ours = [os.getpid(), *(run.children.pid(n) for n in ("worker", "upstream", "gateway"))]
     ours += [r.pid for n in ("kafka", "postgres", "redis") if (r := supervisor.record(n))]
+    pin(ours, PROXY_CORE)  # the model is a child of this process too: pinned after
     if model is not None:
         pin([model.pid], CLIENT_CORE)
-    pin(ours, PROXY_CORE)
     try:
         url = run.settings.url("primary_model_url") + "/chat/completions"
         body = chat_body(REAL_MODEL, max_tokens=32)
-        c, seconds = run.args.real_concurrency, run.args.real_duration
-        usage = ("x-soma-usage-source", "reported")
-        # Alternating rounds (direct, gateway, direct, gateway) so drift hits both alike.
-        both: dict[str, LevelResult] = {"direct": LevelResult(c), "gateway": LevelResult(c)}
-        pid_cpu = 0.0
-        for _ in range(2):
-            for target in ("direct", "gateway"):
-                out = run.measure(
-                    target,
-                    url if target == "direct" else run.gateway_url,
-                    body,
-                    c,
-                    pid_name="gateway" if target == "gateway" else None,
-                    expect_header=usage if target == "gateway" else None,
-                    duration_s=seconds / 2,
-                    warmup_s=4.0,
-                )
-                merged = both[target]
-                merged.latencies_ms += run.last.latencies_ms
-                merged.elapsed_s += run.last.elapsed_s
-                merged.errors += run.last.errors
-                merged.header_mismatches += run.last.header_mismatches
-                merged.header_seen = run.last.header_seen or merged.header_seen
-                if target == "gateway":
-                    pid_cpu += out.get("cpu_us_per_request", 0.0) * len(run.last.latencies_ms)
-        direct, gateway = both["direct"].summary(), both["gateway"].summary()
-        gateway["x-soma-usage-source"] = both["gateway"].header_seen
-        gateway["header_mismatches"] = both["gateway"].header_mismatches
-        gateway["cpu_us_per_request"] = round(pid_cpu / max(1, gateway["requests"]), 1)
-        share = ratio(gateway["rps"], direct["rps"])
+        lockstep = alternate(run, url, body, think_s=0.0)
+        users = alternate(run, url, body, think_s=REAL_THINK_S)
         return {
             "status": "measured",
             "model": REAL_MODEL,
             "server": f"llama-server, {run.settings.model_threads} thread(s), "
             f"--parallel {run.settings.model_parallel}, alone on core {CLIENT_CORE}",
             "everything_else_on_core": PROXY_CORE,
-            "concurrency": c,
+            "concurrency": run.args.real_concurrency,
             "max_tokens": 32,
-            "direct": direct,
-            "gateway": added(gateway, direct),
-            "gateway_rps_over_direct": share,
+            **lockstep,
             "target_share": 0.98,
-            "met": share is not None and share >= 0.98,
+            "met": lockstep["gateway_rps_over_direct"] is not None
+            and lockstep["gateway_rps_over_direct"] >= 0.98,
+            "independent_users": {
+                "think_s": f"uniform 0..{REAL_THINK_S} before each request, seeded per client",
+                **users,
+            },
         }
     finally:
         supervisor.down(only=["model-primary"])
