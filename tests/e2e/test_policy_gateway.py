@@ -239,3 +239,46 @@ def test_policy_over_rest_and_failing_closed_when_it_is_gone(
     events = events_for(worker, "policy_events", session)
     assert [(e["verdict"], e["blocked"]) for e in events] == [("deny", True), ("deny", True)]
     assert "policy engine unavailable" in str(events[1]["reasons"])
+
+
+def test_a_plain_allow_is_reused_until_its_conditions_stop_holding(
+    stack: Settings, pipeline: tuple[Container, dict[str, str]]
+) -> None:
+    """The second allow comes from the verdict cache (its event names the first one); a
+    changed budget limit is a changed input, so the next call is evaluated again."""
+    worker, env = pipeline
+    tenant = new_tenant("reuse")
+    operator, user = make_keys(stack, tenant, ("ops", "admin"), ("support", "user"))
+    session = f"reuse-{uuid.uuid4().hex[:8]}"
+    body = {
+        "model": "smollm2-135m-instruct",
+        "messages": [{"role": "user", "content": "Say hi."}],
+        "max_tokens": 4,
+    }
+    headers = {"X-Soma-Session-Id": session}
+    with running_gateway({**env, "SOMA_POLICY_MODE": "enforce"}) as gw:
+        budget = create_budget(
+            gw, operator, window="daily", timezone="UTC", limit_tokens=100_000, on_exceed="deny"
+        )
+        for _ in range(2):
+            r = post(gw, user, body, **headers)
+            assert r.status_code == 200, r.text
+            assert r.headers["x-soma-policy-verdict"] == "allow"
+        tight = httpx.patch(
+            gateway_url(gw) + f"/v1/budgets/{budget['id']}",
+            json={"limit_tokens": 5},
+            headers={"Authorization": f"Bearer {operator}"},
+            timeout=30,
+        )
+        assert tight.status_code == 200, tight.text
+        r = post(gw, user, body, **headers)
+        assert r.status_code == 403, r.text
+    assert wait_until(lambda: len(events_for(worker, "policy_events", session)) == 3)
+    first, second, third = events_for(worker, "policy_events", session)
+    assert first["verdict"] == second["verdict"] == "allow"
+    assert not any("reused" in str(r) for r in first["reasons"])
+    note = f"reused: the verdict of policy event {first['event_id']}, whose conditions hold"
+    assert list(second["reasons"]) == [*first["reasons"], note]
+    assert float(second["policy_latency_ms"]) < float(first["policy_latency_ms"])
+    assert third["verdict"] == "deny" and third["blocked"] is True
+    assert not any("reused" in str(r) for r in third["reasons"])
