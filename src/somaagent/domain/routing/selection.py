@@ -25,7 +25,7 @@ the router routes as if none had been named, and the tree says why.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -221,11 +221,29 @@ class _Context:
         self.open_circuits = open_circuits
         self.config = config
         self._ranked: dict[Tier, tuple[RankedCandidate, ...]] = {}
+        self._listed: dict[tuple[Tier, ...], tuple[list[Any], list[Any]]] = {}
 
     def use(self, memo: RankingMemo) -> None:
-        """Share ``memo``'s rankings for this persona and role (cleared when any input of a
-        ranking changed)."""
-        self._ranked = memo.rankings(self)
+        """Share ``memo``'s rankings and tree lists for this persona and role (cleared when
+        any input of a ranking changed)."""
+        self._ranked, self._listed = memo.rankings(self)
+
+    def listed(self, considered: Sequence[Tier]) -> tuple[list[Any], list[Any]]:
+        """The decision tree's ``candidates`` and ``excluded`` for these tiers (memoised;
+        shared between trees, which never mutate nested values)."""
+        key = tuple(considered)
+        found = self._listed.get(key)
+        if found is None:
+            candidates = [c.as_dict(i + 1) for t in key for i, c in enumerate(self.ranked(t))]
+            excluded: list[dict[str, str]] = []
+            for entry in self.catalog:
+                why = self.exclusion(entry)
+                if why is None and entry.tier not in key:
+                    why = "tier_not_considered"
+                if why is not None:
+                    excluded.append({"model_id": entry.model_id, "tier": entry.tier, "why": why})
+            found = self._listed[key] = (candidates, excluded)
+        return found
 
     def exclusion(self, entry: ModelEntry) -> Exclusion | None:
         """Why ``entry`` cannot take this request, or None when it is eligible."""
@@ -277,10 +295,10 @@ class RankingMemo:
 
     def __init__(self, max_callers: int = 1024) -> None:
         self._inputs: tuple[object, ...] = ()
-        self._by_caller: dict[tuple[str, str], dict[Tier, tuple[RankedCandidate, ...]]] = {}
+        self._by_caller: dict[tuple[str, str], _Memo] = {}
         self._max = max_callers
 
-    def rankings(self, ctx: _Context) -> dict[Tier, tuple[RankedCandidate, ...]]:
+    def rankings(self, ctx: _Context) -> _Memo:
         inputs = (ctx.catalog, ctx.flags, ctx.stats, frozenset(ctx.open_circuits), ctx.config)
         old = self._inputs
         if len(old) != len(inputs) or not (
@@ -293,12 +311,19 @@ class RankingMemo:
             self._inputs = inputs
             self._by_caller = {}
         key = (ctx.persona, ctx.role)
-        ranked = self._by_caller.get(key)
-        if ranked is None:
+        memo = self._by_caller.get(key)
+        if memo is None:
             if len(self._by_caller) >= self._max:
                 self._by_caller.clear()
-            ranked = self._by_caller[key] = {}
-        return ranked
+            memo = self._by_caller[key] = ({}, {})
+        return memo
+
+
+# One caller's memo: rankings per tier, tree lists per considered tiers.
+_Memo = tuple[
+    dict[Tier, tuple[RankedCandidate, ...]],
+    dict[tuple[Tier, ...], tuple[list[Any], list[Any]]],
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,14 +394,7 @@ def _tree(
     fallbacks: list[RankedCandidate],
 ) -> dict[str, Any]:
     limit = ctx.config.max_listed
-    candidates = [c.as_dict(i + 1) for t in considered for i, c in enumerate(ctx.ranked(t))]
-    excluded: list[dict[str, str]] = []
-    for entry in ctx.catalog:
-        why = ctx.exclusion(entry)
-        if why is None and entry.tier not in considered:
-            why = "tier_not_considered"
-        if why is not None:
-            excluded.append({"model_id": entry.model_id, "tier": entry.tier, "why": why})
+    candidates, excluded = ctx.listed(considered)
     if reason == "requested":
         why_won = "requested by the client; live and allowed"
     else:
