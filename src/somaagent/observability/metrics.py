@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
-from typing import get_args
+from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -79,6 +79,30 @@ _GEN_AI_LABELS = (
     "server_address",
     "server_port",
 )
+
+
+_SERIES_KEPT = 4096
+
+
+class _CallSeries:
+    """The guarded labels of one kind of call and the metric children used so far (a child
+    is created on first use, as ``labels()`` would, so no empty series appears early)."""
+
+    __slots__ = ("base", "children", "error", "overflowed", "request_labels")
+
+    def __init__(self, request_labels: tuple[str, ...], base: tuple[str, ...], error: str) -> None:
+        self.request_labels = request_labels
+        self.base = base
+        self.error = error
+        self.overflowed = OTHER in request_labels or OTHER in base or error == OTHER
+        self.children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        key = (id(metric), labels)
+        found = self.children.get(key)
+        if found is None:
+            found = self.children[key] = metric.labels(*labels)
+        return found
 
 
 class GatewayMetrics:
@@ -201,6 +225,7 @@ class GatewayMetrics:
         self._pipeline = PipelineCollector(self.guard)
         r.register(self._pipeline)
         self._budget_lock = threading.Lock()
+        self._call_series: dict[tuple[object, ...], _CallSeries] = {}
         self._overflowed_budgets: dict[tuple[str, str, str], dict[tuple[str, str, str], float]] = {}
 
     # ------------------------------------------------------------------ requests
@@ -236,16 +261,71 @@ class GatewayMetrics:
         """
         if cost_usd < 0:
             raise ValueError(f"negative cost {cost_usd}")
-        g = self.guard
-        model_label = g("model", model)
-        tenant_label, persona_label = g("tenant", tenant), g("persona", persona)
-        self.requests.labels(
-            tenant_label, persona_label, model_label, g("tier", tier), g("status", status)
-        ).inc()
+        key: tuple[object, ...] = (tenant, persona, model, tier, status, operation, provider)
+        key += (response_model, server_address, server_port, error_type)
+        series = self._call_series.get(key)
+        if series is None:
+            series = self._series(
+                tenant,
+                persona,
+                model,
+                tier,
+                status,
+                operation,
+                provider,
+                response_model,
+                server_address,
+                server_port,
+                error_type,
+            )
+            if not series.overflowed:  # an overflowed label is guarded (and counted) each time
+                if len(self._call_series) >= _SERIES_KEPT:
+                    self._call_series.clear()
+                self._call_series[key] = series
+        series.child(self.requests, series.request_labels).inc()
         if cost_usd > 0:
-            self.spend.labels(tenant_label, persona_label, model_label).inc(float(cost_usd))
+            series.child(self.spend, series.request_labels[:3]).inc(float(cost_usd))
         if status == "refused":
             return
+        base = series.base
+        if input_tokens is not None:
+            series.child(self.token_usage, (*base, "input")).observe(input_tokens)
+        if output_tokens is not None:
+            series.child(self.token_usage, (*base, "output")).observe(output_tokens)
+        series.child(self.operation_duration, (*base, series.error)).observe(duration_s)
+        if status != "ok" or ttft_s is None:
+            return
+        series.child(self.time_to_first_token, base).observe(ttft_s)
+        tpot = time_per_output_token_s
+        if tpot is None and output_tokens is not None and output_tokens > 1:
+            tpot = (duration_s - ttft_s) / (output_tokens - 1)
+        if tpot is not None and tpot >= 0:
+            series.child(self.time_per_output_token, base).observe(tpot)
+
+    def _series(  # noqa: PLR0913 - one argument per label source
+        self,
+        tenant: str,
+        persona: str,
+        model: str,
+        tier: str,
+        status: str,
+        operation: str,
+        provider: str,
+        response_model: str | None,
+        server_address: str | None,
+        server_port: int | None,
+        error_type: str | None,
+    ) -> _CallSeries:
+        """The guarded labels of one kind of call."""
+        g = self.guard
+        model_label = g("model", model)
+        request_labels = (
+            g("tenant", tenant),
+            g("persona", persona),
+            model_label,
+            g("tier", tier),
+            g("status", status),
+        )
         base = (
             g("gen_ai_operation_name", operation),
             g("gen_ai_provider_name", provider),
@@ -254,20 +334,8 @@ class GatewayMetrics:
             g("server_address", server_address),
             "" if server_port is None else str(server_port),
         )
-        for token_type, count in (("input", input_tokens), ("output", output_tokens)):
-            if count is not None:
-                self.token_usage.labels(*base, token_type).observe(count)
-        failed = status != "ok"
-        error = g("error_type", error_type or "_OTHER") if failed else ""
-        self.operation_duration.labels(*base, error).observe(duration_s)
-        if failed or ttft_s is None:
-            return
-        self.time_to_first_token.labels(*base).observe(ttft_s)
-        tpot = time_per_output_token_s
-        if tpot is None and output_tokens is not None and output_tokens > 1:
-            tpot = (duration_s - ttft_s) / (output_tokens - 1)
-        if tpot is not None and tpot >= 0:
-            self.time_per_output_token.labels(*base).observe(tpot)
+        error = g("error_type", error_type or "_OTHER") if status != "ok" else ""
+        return _CallSeries(request_labels, base, error)
 
     def record_policy(self, verdict: str, latency_s: float) -> None:
         """Count a policy decision and how long it took; unknown verdicts count as ``other``."""

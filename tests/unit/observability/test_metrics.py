@@ -350,3 +350,21 @@ def test_instances_are_independent_and_the_global_registry_is_untouched() -> Non
     assert not {n for n in global_names if n.startswith(("soma_", "gen_ai_"))}
     with pytest.raises(ValueError):  # one set per registry: a second would duplicate series
         GatewayMetrics(first)
+
+
+def test_repeated_calls_reuse_their_series_and_overflow_still_counts_each_call(
+    registry: CollectorRegistry,
+) -> None:
+    metrics = GatewayMetrics(registry, label_limits={"tenant": 1})
+    for tenant in ("a", "a", "z", "z", "z"):
+        ok_call(metrics, tenant=tenant)
+    ok_call(metrics, tenant="a", status="upstream_error", error_type="timeout")
+    requests = "soma_requests_total"
+    common = dict(persona="coder", model="smollm2", tier="primary")
+    assert value(registry, requests, tenant="a", **common, status="ok") == 2
+    assert value(registry, requests, tenant=OTHER, **common, status="ok") == 3
+    assert value(registry, requests, tenant="a", **common, status="upstream_error") == 1
+    assert value(registry, "soma_metric_label_overflow_total", label="tenant") == 3
+    duration = "gen_ai_client_operation_duration_seconds_count"
+    assert value(registry, duration, **GEN_AI, error_type="") == 5
+    assert value(registry, duration, **GEN_AI, error_type="timeout") == 1
