@@ -180,3 +180,31 @@ def test_closed_client_refuses_calls(redis_url: str) -> None:
             await client.execute("PING")
 
     run(scenario())
+
+
+def test_a_server_that_does_not_speak_resp_fails_the_call_at_once() -> None:
+    async def scenario() -> None:
+        handled = asyncio.Event()
+
+        async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(100)
+            writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")  # e.g. a web server on that port
+            await writer.drain()
+            await reader.read()  # until the client hangs up
+            writer.close()
+            await writer.wait_closed()
+            handled.set()
+
+        server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = RespClient(f"redis://127.0.0.1:{port}/0", timeout_s=3)
+        started = time.monotonic()
+        with pytest.raises(RespUnavailable, match="invalid reply"):
+            await client.execute("PING")
+        assert time.monotonic() - started < 1  # not the watchdog's timeout
+        await client.aclose()
+        await handled.wait()
+        server.close()
+        await server.wait_closed()
+
+    run(scenario())

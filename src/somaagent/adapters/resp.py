@@ -84,7 +84,11 @@ class _Protocol(asyncio.Protocol):
         reader.feed(data)
         pending = self.pending
         while True:
-            reply = reader.gets()
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError as exc:  # not RESP: nothing after it can be trusted
+                self.fail(RespUnavailable(f"Redis sent an invalid reply: {exc}"))
+                return
             if reply is False:
                 return
             if not pending:  # a reply nobody asked for: the stream is out of step

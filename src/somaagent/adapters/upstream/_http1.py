@@ -5,7 +5,9 @@ pooled per client and reused for ``keepalive_s``. A request is one ``write`` of 
 body; the answer is read whole (at most ``max_body`` bytes). That is all a chat completion
 needs, at a fraction of aiohttp's per-request cost. Streams keep using aiohttp.
 
-Failures raise ``UpstreamError``: ``connect`` (refused, reset, closed before a complete
+Answers must be delimited by ``Content-Length`` or chunked encoding (as llama-server, vLLM
+and TGI send them); one delimited only by the server closing the connection fails as
+``connect``. Failures raise ``UpstreamError``: ``connect`` (refused, reset, closed before a complete
 answer), ``timeout`` (no complete answer within the call's ``timeout_s``, connecting
 included) and ``protocol`` (not HTTP, or an answer over ``max_body``).
 """
