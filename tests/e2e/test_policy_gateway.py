@@ -264,6 +264,8 @@ def test_a_plain_allow_is_reused_until_its_conditions_stop_holding(
             r = post(gw, user, body, **headers)
             assert r.status_code == 200, r.text
             assert r.headers["x-soma-policy-verdict"] == "allow"
+        exposition = httpx.get(gateway_url(gw) + "/metrics", timeout=30).text
+        assert "\nsoma_policy_verdict_reuses_total 1.0\n" in exposition
         tight = httpx.patch(
             gateway_url(gw) + f"/v1/budgets/{budget['id']}",
             json={"limit_tokens": 5},

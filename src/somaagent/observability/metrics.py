@@ -185,6 +185,11 @@ class GatewayMetrics:
         self.policy_verdicts = Counter(
             "soma_policy_verdicts_total", "Policy decisions by verdict", ["verdict"], registry=r
         )
+        self.policy_reuses = Counter(
+            "soma_policy_verdict_reuses_total",
+            "Policy decisions answered by a verdict the policy declared reusable (no evaluation)",
+            registry=r,
+        )
         self.policy_latency = Histogram(
             "soma_policy_latency_seconds",
             "Time to reach a policy decision",
@@ -337,10 +342,13 @@ class GatewayMetrics:
         error = g("error_type", error_type or "_OTHER") if status != "ok" else ""
         return _CallSeries(request_labels, base, error)
 
-    def record_policy(self, verdict: str, latency_s: float) -> None:
-        """Count a policy decision and how long it took; unknown verdicts count as ``other``."""
+    def record_policy(self, verdict: str, latency_s: float, *, reused: bool = False) -> None:
+        """Count a policy decision, how long it took and whether it was a reused verdict;
+        unknown verdicts count as ``other``."""
         self.policy_verdicts.labels(verdict if verdict in VERDICTS else OTHER).inc()
         self.policy_latency.observe(latency_s)
+        if reused:
+            self.policy_reuses.inc()
 
     def record_escalation(self, reason: str) -> None:
         """Count a request routed up to the escalation tier."""

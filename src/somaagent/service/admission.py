@@ -342,7 +342,9 @@ class Gatekeeper:
         if isinstance(reuse, Reuse) and self.reuse is not None:
             self.reuse.put(key, doc, verdict, reuse, str(getattr(event, "event_id", "")))
         if self.metrics is not None:
-            self.metrics.record_policy(verdict.action, latency_ms / 1000)
+            self.metrics.record_policy(
+                verdict.action, latency_ms / 1000, reused=isinstance(reuse, Reused)
+            )
             columns = zip(*(u.as_tuple() for u in units.values()), strict=True)
             cheapest = Amounts(*(min(col) for col in columns))
             self.publish_ratios(caller, states, Amounts(), cheapest=cheapest)
