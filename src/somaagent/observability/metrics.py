@@ -270,19 +270,7 @@ class GatewayMetrics:
         key += (response_model, server_address, server_port, error_type)
         series = self._call_series.get(key)
         if series is None:
-            series = self._series(
-                tenant,
-                persona,
-                model,
-                tier,
-                status,
-                operation,
-                provider,
-                response_model,
-                server_address,
-                server_port,
-                error_type,
-            )
+            series = self._series(key)
             if not series.overflowed:  # an overflowed label is guarded (and counted) each time
                 if len(self._call_series) >= _SERIES_KEPT:
                     self._call_series.clear()
@@ -307,21 +295,10 @@ class GatewayMetrics:
         if tpot is not None and tpot >= 0:
             series.child(self.time_per_output_token, base).observe(tpot)
 
-    def _series(  # noqa: PLR0913 - one argument per label source
-        self,
-        tenant: str,
-        persona: str,
-        model: str,
-        tier: str,
-        status: str,
-        operation: str,
-        provider: str,
-        response_model: str | None,
-        server_address: str | None,
-        server_port: int | None,
-        error_type: str | None,
-    ) -> _CallSeries:
-        """The guarded labels of one kind of call."""
+    def _series(self, key: tuple[object, ...]) -> _CallSeries:
+        """The guarded labels of one kind of call (``key`` as ``record_call`` builds it)."""
+        tenant, persona, model, tier, status, operation, provider, response_model = key[:8]
+        server_address, server_port, error_type = key[8:]
         g = self.guard
         model_label = g("model", model)
         request_labels = (
