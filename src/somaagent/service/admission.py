@@ -36,7 +36,6 @@ from somaagent.domain.budgets import (
     Amounts,
     BudgetState,
     BudgetUnavailable,
-    Limits,
     gpu_ms_to_us_ceil,
     nano_to_usd,
     us_to_gpu_hours,
@@ -53,6 +52,7 @@ from somaagent.domain.routing import Decision, GpuPricing, ModelEntry
 from somaagent.domain.worst_case import WorstCase, prompt_token_bound, worst_case
 from somaagent.observability import GatewayMetrics
 from somaagent.observability.tracing import Tracing
+from somaagent.service.budget_gauge import BudgetGauge
 from somaagent.service.budgets import BudgetService
 from somaagent.service.verdict_actions import (
     claim_approval,
@@ -156,10 +156,7 @@ class Gatekeeper:
     tracing: Tracing = field(default_factory=lambda: Tracing(None))
     # Verdicts the policy declared reusable (None: every call is evaluated).
     reuse: VerdictCache | None = None
-    # (tenant, persona, window) -> (limits, used, cheapest call) since the last flush_ratios.
-    _ratios: dict[tuple[str, str, str], tuple[Limits, Amounts, Amounts | None]] = field(
-        default_factory=dict
-    )
+    gauge: BudgetGauge = field(default_factory=BudgetGauge)
 
     async def aclose(self) -> None:
         """Flush budget charges, then close the budget and policy adapters."""
@@ -370,46 +367,14 @@ class Gatekeeper:
         *,
         cheapest: Amounts | None = None,
     ) -> None:
-        """Note each budget's use (counting ``extra`` as spent too) for
-        ``soma_budget_remaining_ratio``; :meth:`flush_ratios` turns the latest into the gauge
-        when ``/metrics`` is scraped, so a call pays for a dict update, not a gauge update.
-
-        A budget whose remaining amount cannot cover the ``cheapest`` call the caller could
-        make (per dimension) reads 0: it is exhausted in practice, since admission reserves
-        the worst case and actual use stays below it, so the counter itself never reaches
-        the limit.
-        """
-        if self.metrics is None:
-            return
-        ratios = self._ratios
-        for st in states:
-            key = (caller.tenant, st.budget.persona or "-", st.budget.window)
-            need = cheapest
-            if need is None:
-                previous = ratios.get(key)
-                need = previous[2] if previous is not None else None
-            ratios[key] = (st.limits, st.spent + st.reserved + extra, need)
+        """Note each budget's use for ``soma_budget_remaining_ratio`` (``service.budget_gauge``)."""
+        if self.metrics is not None:
+            self.gauge.note(caller.tenant, states, extra, cheapest=cheapest)
 
     def flush_ratios(self) -> None:
         """Publish ``soma_budget_remaining_ratio`` for every budget used since the last flush."""
-        if self.metrics is None:
-            return
-        pending, self._ratios = self._ratios, {}
-        for (tenant, persona, window), (lim, used, cheapest) in pending.items():
-            limits = (lim.tokens, lim.usd_nano, lim.gpu_us)
-            ratios = [
-                (limit - u) / limit if limit > 0 else 0.0
-                for limit, u in zip(limits, used.as_tuple(), strict=True)
-                if limit is not None
-            ]
-            if cheapest is not None and any(
-                limit is not None and limit - u < need
-                for limit, u, need in zip(limits, used.as_tuple(), cheapest.as_tuple(), strict=True)
-            ):
-                ratios.append(0.0)
-            self.metrics.set_budget_remaining(
-                tenant=tenant, persona=persona, window=window, ratio=min(ratios) if ratios else 1.0
-            )
+        if self.metrics is not None:
+            self.gauge.flush(self.metrics)
 
     async def _evaluate(
         self,
