@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar
 
 import redis.asyncio as aioredis
 
-from somaagent.adapters.resp import RespClient, RespUnavailable, Script
+from somaagent.adapters.resp import RespClient, RespError, RespUnavailable, Script
 from somaagent.domain.budgets import (
     DIMENSIONS,
     Amounts,
@@ -155,8 +155,8 @@ class RedisBudgetCounters:
             return await work
         except (RespUnavailable, ConnectionError, TimeoutError) as exc:
             raise BudgetUnavailable(f"Redis unavailable: {exc}") from exc
-        except Exception as exc:
-            if "LOADING" in str(exc) or "READONLY" in str(exc):
+        except RespError as exc:  # a server still loading its data, or a read-only replica
+            if str(exc).startswith(("LOADING", "READONLY")):
                 raise BudgetUnavailable(f"Redis unavailable: {exc}") from exc
             raise
 

@@ -222,16 +222,7 @@ class RespClient:
         """Run several commands in one write; their replies in order (an error reply is
         raised after every reply has arrived)."""
         proto = await self._protocol()
-        if proto.transport is None:
-            raise RespUnavailable("connection to Redis lost")
-        loop = asyncio.get_running_loop()
-        now = time.monotonic()
-        futures: list[asyncio.Future[Any]] = []
-        for _ in commands:
-            future: asyncio.Future[Any] = loop.create_future()
-            proto.pending.append((future, now))
-            futures.append(future)
-        proto.queue(b"".join([_encode(c) for c in commands]))
+        futures = [self._send(proto, command) for command in commands]  # one tick: one write
         # Replies come in order: once the last is in, every one is (or the connection
         # failed, which fails them all).
         with contextlib.suppress(Exception):
