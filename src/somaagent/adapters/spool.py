@@ -18,7 +18,6 @@ import fcntl
 import os
 import struct
 import threading
-import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -98,7 +97,6 @@ class Spool:
             self._next_seq = record.seq + 1
         self._writer: BinaryIO | None = None
         self._writer_bytes = 0
-        self._last_fsync = time.monotonic()
         self._dirty = False
         # fsync runs in this thread, never in the caller of append_many (the gateway's
         # event loop): a disk flush there stalled every request in flight.
@@ -186,7 +184,6 @@ class Spool:
             os.fsync(fd)
         finally:
             os.close(fd)
-        self._last_fsync = time.monotonic()
 
     def _sync_loop(self) -> None:
         while not self._stop_sync.wait(self._fsync_interval_s):

@@ -46,7 +46,6 @@ __all__ = [
 # them to that letter (U+212A KELVIN SIGN lower-cases to "k" and is fine).
 _CASE_EXOTIC = frozenset("\u0130\u0131\u017f")
 _WORD_RUNS = re.compile(r"(\W+)")
-_PUNCT = ".,;:!?\"'()[]<>*`"
 # ASCII: "-" -> " ", any other character that is neither a word character nor whitespace
 # (str.isspace, as str.split uses) -> NUL (one character each: translate's fast path).
 _ASCII_SEPARATORS = {ord("-"): " "} | {
