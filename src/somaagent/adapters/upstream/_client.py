@@ -107,6 +107,8 @@ class UpstreamClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.root_url = root_url(base_url)
+        parts = urlsplit(self.base_url)
+        self._origin = f"{parts.scheme}://{parts.netloc}"  # the lean pool's host
         self._chat_url = f"{self.base_url}/chat/completions"
         self._api_key = api_key
         self._max_connections = max_connections
@@ -137,18 +139,19 @@ class UpstreamClient:
             await self._session.close()
             self._session = None
 
-    def _lean(self, url: str) -> Http1Pool | None:
-        """The lean keep-alive pool for ``url`` when it is plain http on the base URL's
-        host (every non-streamed call of the hot path), else ``None`` (aiohttp)."""
+    def _lean(self, url: str) -> tuple[Http1Pool, str] | None:
+        """The lean keep-alive pool and the request target for ``url`` when it is plain
+        http on the base URL's host (every non-streamed call of the hot path), else
+        ``None`` (aiohttp)."""
         if self._closed:
             raise RuntimeError("UpstreamClient is closed")
-        if not url.startswith(self.root_url + "/") or not url.startswith("http://"):
+        if not url.startswith(self._origin + "/") or not url.startswith("http://"):
             return None
         if self._pool is None:
             self._pool = Http1Pool(
-                self.root_url, max_connections=self._max_connections, keepalive_s=self._keepalive_s
+                self._origin, max_connections=self._max_connections, keepalive_s=self._keepalive_s
             )
-        return self._pool
+        return self._pool, url[len(self._origin) :]
 
     def _session_now(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -196,11 +199,10 @@ class UpstreamClient:
     ) -> tuple[dict[str, Any], int]:
         data = orjson.dumps(payload)
         headers = self._headers(traceparent, accept="application/json")
-        pool = self._lean(url)
-        if pool is not None:
-            parts = urlsplit(url)
-            path = f"{parts.path}?{parts.query}" if parts.query else parts.path
-            status, raw = await pool.post(url, path, data, headers, timeout_s)
+        lean = self._lean(url)
+        if lean is not None:
+            pool, target = lean
+            status, raw = await pool.post(url, target, data, headers, timeout_s)
         else:
             try:
                 async with self._session_now().post(
