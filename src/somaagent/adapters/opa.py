@@ -261,6 +261,11 @@ def _orjson_default(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
+def _data_url(base_url: str, path: str) -> str:
+    """OPA's Data API URL of the document at ``path`` (``a/b/c`` form)."""
+    return f"{base_url.rstrip('/')}/v1/data/{'/'.join(split_path(path))}"
+
+
 class RestPolicyEngine:
     """Verdicts from an OPA server (``POST <base_url>/v1/data/<path>``), over aiohttp.
 
@@ -282,8 +287,8 @@ class RestPolicyEngine:
     ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
-        self.url = f"{base_url.rstrip('/')}/v1/data/{'/'.join(split_path(path))}"
-        self.decision_url = f"{base_url.rstrip('/')}/v1/data/{'/'.join(split_path(decision_path))}"
+        self.url = _data_url(base_url, path)
+        self.decision_url = _data_url(base_url, decision_path)
         self.timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
         self._closed = False

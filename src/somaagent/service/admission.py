@@ -71,7 +71,6 @@ _MAX_ROUNDS = 3
 
 
 class PolicyPort(Protocol):
-    async def aevaluate(self, input_doc: Mapping[str, Any]) -> Verdict: ...
     async def adecide(self, input_doc: Mapping[str, Any]) -> tuple[Verdict, Reuse | None]: ...
 
 
@@ -337,7 +336,7 @@ class Gatekeeper:
             reused_from=reuse.source_event_id if isinstance(reuse, Reused) else None,
         )
         if isinstance(reuse, Reuse) and self.reuse is not None:
-            self.reuse.put(key, doc, verdict, reuse, str(getattr(event, "event_id", "")))
+            self.reuse.put(key, doc, verdict, reuse, event.event_id)
         if self.metrics is not None:
             self.metrics.record_policy(
                 verdict.action, latency_ms / 1000, reused=isinstance(reuse, Reused)
