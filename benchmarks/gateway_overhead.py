@@ -146,6 +146,8 @@ class Run:
         self.litellm_url = f"http://{HOST}:{self.litellm_port}/v1/chat/completions"
         self.gateway_ok = 0
         self.last = LevelResult(0)
+        # How the gateway is started (``gateway_profile.py --cprofile`` wraps it).
+        self.gateway_argv = [sys.executable, "-m", "somaagent.entrypoints.gateway"]
 
     # ------------------------------------------------------------------ processes
     def start_upstream(self) -> None:
@@ -174,8 +176,7 @@ class Run:
 
     def start_gateway(self, *, worker_inside: bool) -> None:
         env = {**self.env, "SOMA_WORKER_IN_GATEWAY": "true" if worker_inside else "false"}
-        argv = [sys.executable, "-m", "somaagent.entrypoints.gateway"]
-        self.children.start("gateway", argv, core=PROXY_CORE, env=env, cwd=ROOT)
+        self.children.start("gateway", self.gateway_argv, core=PROXY_CORE, env=env, cwd=ROOT)
         models = f"http://{HOST}:{self.settings.port('gateway_port')}/v1/models"
         self.children.wait_http("gateway", models, 120)
 

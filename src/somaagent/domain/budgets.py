@@ -113,8 +113,9 @@ def _units(value: Decimal, scale: Decimal, rounding: str, what: str) -> int:
         raise BudgetError(f"{what} must be a finite Decimal, got {value!r}")
     if value < 0:
         raise BudgetError(f"{what} must not be negative, got {value}")
-    with decimal.localcontext(_CTX):
-        return int((value * scale).to_integral_value(rounding=rounding))
+    # The context is passed explicitly (a ``localcontext`` block per call cost more than the
+    # arithmetic): 80 digits hold any product exactly, so only ``rounding`` decides.
+    return int(_CTX.multiply(value, scale).to_integral_value(rounding=rounding, context=_CTX))
 
 
 def usd_to_nano_ceil(usd: Decimal) -> int:
@@ -146,6 +147,8 @@ class Amounts:
     gpu_us: int = 0
 
     def __post_init__(self) -> None:
+        if type(self.tokens) is int and type(self.usd_nano) is int and type(self.gpu_us) is int:
+            return  # the common case, checked without a loop (tens of these per request)
         for name in ("tokens", "usd_nano", "gpu_us"):
             value = getattr(self, name)
             if type(value) is not int:

@@ -591,7 +591,7 @@ class BudgetService:
         for (budget, window), value in zip(specs, values, strict=True):
             if value is None:
                 raise BudgetUnavailable("budget counters vanished again right after their rebuild")
-            limits = budget.limits()
+            limits = _limits_of(self._limits, budget)
             states.append(BudgetState(budget, window, limits, value.spent, value.reserved))
         return states
 

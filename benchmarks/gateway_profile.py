@@ -1,0 +1,181 @@
+"""Where the gateway's CPU goes, under the benchmark's c=16 load.
+
+Same setup as ``gateway_overhead.py`` (fixed-response upstream, telemetry and budgets on,
+worker in its own process, gateway on core 0). Two ways to look (one JSON object on stdout,
+with the level's requests/s and CPU per request):
+
+* default: while the level runs, ``py-spy record`` samples the gateway (collapsed stacks);
+  the share of samples inside each of the ``--top`` hottest functions (inclusive: coroutine
+  stacks are partial in ``--nonblocking`` mode, so prefer the exclusive list) and leaf
+  functions (exclusive). Low overhead; C code counts for the Python frame calling it.
+* ``--cprofile OUT``: the gateway runs under cProfile (about twice as slow); the cumulative
+  and own time per request of the ``--top`` costliest functions of the package. Exact call
+  counts and the cost of each stage (route, admit, account...), inflated alike.
+
+Usage: .venv/bin/python benchmarks/gateway_profile.py [--seconds 10] [--out stacks.txt]
+       .venv/bin/python benchmarks/gateway_profile.py --cprofile /tmp/gateway.prof
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import gateway_overhead as go  # noqa: E402
+from _procs import log  # noqa: E402
+
+from somaagent.stack import Supervisor  # noqa: E402
+
+
+def summarize(stacks: Path, top: int) -> dict[str, Any]:
+    inclusive: collections.Counter[str] = collections.Counter()
+    exclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in stacks.read_text().splitlines():
+        frames_part, _, count_part = line.rpartition(" ")
+        if not count_part.isdigit():
+            continue
+        n = int(count_part)
+        frames = [f for f in frames_part.split(";") if f and not f.startswith("process ")]
+        frames = [f for f in frames if not f.startswith("thread ")]
+        total += n
+        if frames:
+            exclusive[frames[-1]] += n
+        for f in set(frames):
+            inclusive[f] += n
+
+    def share(counter: collections.Counter[str]) -> list[tuple[str, float]]:
+        return [(name, round(c / total, 4)) for name, c in counter.most_common(top)]
+
+    return {"samples": total, "inclusive": share(inclusive), "exclusive": share(exclusive)}
+
+
+def cprofile_summary(path: Path, requests: int, top: int) -> dict[str, Any]:
+    """Per request (µs, profiled): cumulative and own time of the costliest functions."""
+    stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    rows = []
+    for (filename, line, name), (_, calls, own, cumulative, _) in stats.items():
+        if "somaagent" not in filename and "uvicorn" not in filename:
+            continue
+        where = filename.split("site-packages/")[-1].split("src/")[-1]
+        rows.append((cumulative, own, calls, f"{name} ({where}:{line})"))
+    rows.sort(reverse=True)
+    per = max(requests, 1)
+    return {
+        "requests": requests,
+        "functions": [
+            {
+                "function": label,
+                "calls_per_request": round(calls / per, 2),
+                "cumulative_us": round(cum / per * 1e6, 1),
+                "own_us": round(own / per * 1e6, 1),
+            }
+            for cum, own, calls, label in rows[:top]
+        ],
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--top", type=int, default=60)
+    parser.add_argument("--out", type=Path, default=None, help="keep the collapsed stacks")
+    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--blocking", action="store_true", help="pause the gateway per sample")
+    parser.add_argument("--cprofile", type=Path, default=None, help="profile file to write")
+    return parser.parse_args()
+
+
+def with_cprofile(ns: argparse.Namespace, run: go.Run, body: bytes) -> dict[str, Any]:
+    """One level with the gateway under cProfile; stops the gateway to get the profile."""
+    level = run.measure(
+        "gateway", run.gateway_url, body, ns.concurrency, pid_name="gateway",
+        duration_s=ns.seconds, warmup_s=0.0,
+    )  # fmt: skip
+    run.children.stop("gateway")  # writes the profile
+    # Every call answered (warm-ups included) is in the profile.
+    return {
+        "level": {k: level.get(k) for k in ("rps", "p50_ms", "p99_ms")},
+        "cprofile": cprofile_summary(ns.cprofile, run.gateway_ok, ns.top),
+    }
+
+
+def with_py_spy(ns: argparse.Namespace, run: go.Run, body: bytes) -> dict[str, Any]:
+    """One level while py-spy samples the gateway."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    stacks = ns.out or Path(tempfile.mkstemp(suffix=".txt")[1])
+    spy = [
+        py_spy, "record", "--format", "raw", "--nolineno", "--rate", str(ns.rate),
+        "--duration", str(int(ns.seconds)), "--pid", str(run.children.pid("gateway")),
+        "--output", str(stacks), *([] if ns.blocking else ["--nonblocking"]),
+    ]  # fmt: skip
+    result: dict[str, Any] = {}
+
+    def load() -> None:
+        result.update(
+            run.measure(
+                "gateway",
+                run.gateway_url,
+                body,
+                ns.concurrency,
+                pid_name="gateway",
+                duration_s=ns.seconds,
+                warmup_s=0.0,
+            )  # fmt: skip
+        )
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    subprocess.run(spy, check=True, capture_output=True)
+    thread.join()
+    return {
+        "level": {k: result.get(k) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request")},
+        "profile": summarize(stacks, ns.top),
+    }
+
+
+def main() -> None:
+    ns = parse_args()
+    argv = ["--no-litellm", "--no-real-model", "--levels", "", "--no-stream"]
+    sys.argv = [sys.argv[0], *argv, "--no-long-prompt", "--no-worker-inside"]
+    args = go.parse_args()
+    args.duration = ns.seconds
+    args.warmup = 3.0
+    go.os.sched_setaffinity(0, {go.CLIENT_CORE})
+    settings, env = go.prepare(args)
+    run = go.Run(args, settings, env)
+    supervisor = Supervisor(settings, progress=log)
+    out: dict[str, Any] = {"benchmark": "gateway_profile"}
+    try:
+        supervisor.up(only=["kafka", "postgres", "redis"])
+        run.start_upstream()
+        run.start_worker()
+        go.create_budgets(run)
+        if ns.cprofile is not None:
+            wrapper = str(BENCH / "_cprofile_gateway.py")
+            run.gateway_argv = [sys.executable, wrapper, str(ns.cprofile.resolve())]
+        run.start_gateway(worker_inside=False)
+        body = go.chat_body(go.FIXED_MODEL)
+        run.measure("gateway", run.gateway_url, body, ns.concurrency, duration_s=3.0)
+        out |= with_cprofile(ns, run, body) if ns.cprofile else with_py_spy(ns, run, body)
+    finally:
+        run.children.stop_all()
+        supervisor.down()
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
