@@ -28,7 +28,18 @@ def value_at(doc: Any, path: Path) -> Any:
     """The value at ``path`` in ``doc``, or a private marker when there is none."""
     node = doc
     for step in path:
-        if isinstance(step, str):
+        # Plain dicts and lists (what policy inputs are made of) first: the ``Mapping``
+        # ABC check below costs more than the lookup, and this runs tens of times a call.
+        node_type = type(node)
+        if node_type is dict and type(step) is str:
+            if step not in node:
+                return _MISSING
+            node = node[step]
+        elif node_type is list and type(step) is int:
+            if not 0 <= step < len(node):
+                return _MISSING
+            node = node[step]
+        elif isinstance(step, str):
             if not isinstance(node, Mapping) or step not in node:
                 return _MISSING
             node = node[step]
