@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import pstats
 import shutil
 import subprocess
@@ -57,7 +58,7 @@ def summarize(stacks: Path, top: int) -> dict[str, Any]:
             inclusive[f] += n
 
     def share(counter: collections.Counter[str]) -> list[tuple[str, float]]:
-        return [(name, round(c / total, 4)) for name, c in counter.most_common(top)]
+        return [(name, round(c / max(total, 1), 4)) for name, c in counter.most_common(top)]
 
     return {"samples": total, "inclusive": share(inclusive), "exclusive": share(exclusive)}
 
@@ -154,7 +155,7 @@ def main() -> None:
     args = go.parse_args()
     args.duration = ns.seconds
     args.warmup = 3.0
-    go.os.sched_setaffinity(0, {go.CLIENT_CORE})
+    os.sched_setaffinity(0, {go.CLIENT_CORE})  # as gateway_overhead.py: clients on core 1
     settings, env = go.prepare(args)
     run = go.Run(args, settings, env)
     supervisor = Supervisor(settings, progress=log)
