@@ -49,8 +49,9 @@ def summarize(stacks: Path, top: int) -> dict[str, Any]:
         if not count_part.isdigit():
             continue
         n = int(count_part)
-        frames = [f for f in frames_part.split(";") if f and not f.startswith("process ")]
-        frames = [f for f in frames if not f.startswith("thread ")]
+        frames = [
+            f for f in frames_part.split(";") if f and not f.startswith(("process ", "thread "))
+        ]
         total += n
         if frames:
             exclusive[frames[-1]] += n
@@ -100,12 +101,17 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def with_cprofile(ns: argparse.Namespace, run: go.Run, body: bytes) -> dict[str, Any]:
-    """One level with the gateway under cProfile; stops the gateway to get the profile."""
-    level = run.measure(
+def measured_level(ns: argparse.Namespace, run: go.Run, body: bytes) -> dict[str, Any]:
+    """The profiled level: ``--seconds`` at ``--concurrency`` (the warm-up ran before)."""
+    return run.measure(
         "gateway", run.gateway_url, body, ns.concurrency, pid_name="gateway",
         duration_s=ns.seconds, warmup_s=0.0,
     )  # fmt: skip
+
+
+def with_cprofile(ns: argparse.Namespace, run: go.Run, body: bytes) -> dict[str, Any]:
+    """One level with the gateway under cProfile; stops the gateway to get the profile."""
+    level = measured_level(ns, run, body)
     run.children.stop("gateway")  # writes the profile
     # Every call answered (warm-ups included) is in the profile.
     return {
@@ -117,7 +123,11 @@ def with_cprofile(ns: argparse.Namespace, run: go.Run, body: bytes) -> dict[str,
 def with_py_spy(ns: argparse.Namespace, run: go.Run, body: bytes) -> dict[str, Any]:
     """One level while py-spy samples the gateway."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    stacks = ns.out or Path(tempfile.mkstemp(suffix=".txt")[1])
+    stacks: Path | None = ns.out
+    if stacks is None:
+        fd, name = tempfile.mkstemp(suffix=".txt")
+        os.close(fd)  # py-spy writes the file by its name
+        stacks = Path(name)
     spy = [
         py_spy, "record", "--format", "raw", "--nolineno", "--rate", str(ns.rate),
         "--duration", str(int(ns.seconds)), "--pid", str(run.children.pid("gateway")),
@@ -125,20 +135,7 @@ def with_py_spy(ns: argparse.Namespace, run: go.Run, body: bytes) -> dict[str, A
     ]  # fmt: skip
     result: dict[str, Any] = {}
 
-    def load() -> None:
-        result.update(
-            run.measure(
-                "gateway",
-                run.gateway_url,
-                body,
-                ns.concurrency,
-                pid_name="gateway",
-                duration_s=ns.seconds,
-                warmup_s=0.0,
-            )  # fmt: skip
-        )
-
-    thread = threading.Thread(target=load)
+    thread = threading.Thread(target=lambda: result.update(measured_level(ns, run, body)))
     thread.start()
     subprocess.run(spy, check=True, capture_output=True)
     thread.join()
