@@ -476,6 +476,41 @@ def test_refused_reservation_still_settles_in_permissive_mode(dsn: str, redis_ur
     run(scenario())
 
 
+def test_a_reservation_reports_the_state_it_found(dsn: str, redis_url: str) -> None:
+    """The reserve script returns each counter as it read it, before its own hold: the same
+    values a separate read at that moment gives (the gateway's policy input uses them)."""
+    t = tenant()
+
+    async def scenario() -> None:
+        async with harness(dsn, redis_url) as h:
+            daily, monthly = await two_budgets(h, t)
+            first = await h.reserve(t, f"{t}-1")
+            assert first and [s.budget for s in first.states] == [daily, monthly]
+            assert all((s.spent, s.reserved) == (NOTHING, NOTHING) for s in first.states)
+            second = await h.reserve(t, f"{t}-2")
+            assert [(s.spent, s.reserved) for s in second.states] == [(NOTHING, SLOT)] * 2
+            await h.settle(f"{t}-1", 120, "0.00005")
+            third = await h.reserve(t, f"{t}-3")
+            spent = Amounts.of_charge(120, Decimal("0.00005"), Decimal(0))
+            assert [(s.spent, s.reserved) for s in third.states] == [(spent, SLOT)] * 2
+            assert [(s.spent, s.reserved) for s in third.states] != [
+                (s.spent, s.reserved) for s in await h.service.state(t, "support")
+            ]  # the state now includes the third hold; the outcome's is from before it
+            big = Amounts(1, 10**7, 0)  # 0.01 USD: over the daily limit
+            refused = await h.reserve(t, f"{t}-4", amounts=big)
+            assert not refused and refused.exceeded[0].budget == daily
+            now = await h.service.state(t, "support")
+            assert [(s.spent, s.reserved) for s in refused.states] == [
+                (s.spent, s.reserved) for s in now
+            ]
+            assert [s.limits for s in refused.states] == [s.limits for s in now]
+            assert refused.exceeded[0].remaining == daily.limits().remaining(
+                now[0].spent + now[0].reserved
+            ).usd_nano
+
+    run(scenario())
+
+
 def test_tenants_never_touch_each_others_counters(dsn: str, redis_url: str) -> None:
     a = tenant()
     b = f"{a}:b"  # shares a's name as a prefix

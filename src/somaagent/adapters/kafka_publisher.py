@@ -58,7 +58,10 @@ class KafkaPublisher:
             "acks": "all",
             "enable.idempotence": True,
             "compression.type": "lz4",
-            "linger.ms": 5,
+            # The spool already holds every record durably: waiting 50 ms for a fuller batch
+            # costs no caller anything and makes far fewer produce requests (the broker's
+            # and this process's librdkafka thread's CPU) than 5 ms did.
+            "linger.ms": 50,
             "batch.num.messages": 10_000,
             "queue.buffering.max.messages": 500_000,
             "message.timeout.ms": message_timeout_ms,

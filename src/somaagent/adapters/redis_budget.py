@@ -58,12 +58,15 @@ class ReserveResult:
     ``missing``: the counters at ``missing`` (0-based) do not exist; nothing changed.
     ``exceeded``: ``(counter index, dimension, remaining units)`` for every limit the
     amounts would pass; nothing changed.
+    ``values`` (``reserved`` and ``exceeded``): every counter as the script read it, before
+    this reservation's hold, in the order of the counters passed.
     """
 
     status: Literal["reserved", "duplicate", "missing", "exceeded"]
     deadline_ms: int | None = None
     missing: tuple[int, ...] = ()
     exceeded: tuple[tuple[int, Dimension, int], ...] = ()
+    values: tuple[CounterValues, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,17 @@ def _limit(value: int | None) -> str:
 
 def _ints(amounts: Amounts) -> list[str]:
     return [str(v) for v in amounts.as_tuple()]
+
+
+def _values(reply: list[Any], start: int, count: int) -> tuple[CounterValues, ...]:
+    """``count`` counters' six fields from ``reply[start:]`` (see ``budget_reserve.lua``)."""
+    if len(reply) != start + 6 * count:
+        raise ValueError(f"reserve script replied {len(reply)} items, expected {start + 6 * count}")
+    out = []
+    for i in range(start, start + 6 * count, 6):
+        n = [int(v) for v in reply[i : i + 6]]
+        out.append(CounterValues(Amounts(n[0], n[1], n[2]), Amounts(n[3], n[4], n[5])))
+    return tuple(out)
 
 
 def _words(amounts: Amounts) -> str:
@@ -193,17 +207,22 @@ class RedisBudgetCounters:
         )
         args = [reservation_id, str(lifetime_ms), _words(amounts), self._prefix(tenant)]
         args += [self._reap_limit_arg, self._grace_arg, limits]
-        reply: list[int] = await self._call(self._run(self._reserve, keys, args))
+        reply: list[Any] = await self._call(self._run(self._reserve, keys, args))
         status = reply[0]
         if status == 1:
-            return ReserveResult("reserved", deadline_ms=int(reply[1]))
+            return ReserveResult(
+                "reserved", deadline_ms=int(reply[1]), values=_values(reply, 2, len(counters))
+            )
         if status == 2:
             return ReserveResult("duplicate")
         if status == 3:
             return ReserveResult("missing", missing=tuple(int(i) - 1 for i in reply[1:]))
-        triples = [reply[i : i + 3] for i in range(1, len(reply), 3)]
+        end = 2 + 3 * int(reply[1])
+        triples = [reply[i : i + 3] for i in range(2, end, 3)]
         exceeded = tuple((int(i) - 1, DIMENSIONS[int(d) - 1], int(r)) for i, d, r in triples)
-        return ReserveResult("exceeded", exceeded=exceeded)
+        return ReserveResult(
+            "exceeded", exceeded=exceeded, values=_values(reply, end, len(counters))
+        )
 
     async def settle(
         self, tenant: str, reservation_id: str, counters: Sequence[str], actual: Amounts

@@ -53,7 +53,7 @@ from somaagent.domain.worst_case import WorstCase, prompt_token_bound, worst_cas
 from somaagent.observability import GatewayMetrics
 from somaagent.observability.tracing import Tracing
 from somaagent.service.budget_gauge import BudgetGauge
-from somaagent.service.budgets import BudgetService
+from somaagent.service.budgets import BudgetService, ReserveOutcome
 from somaagent.service.verdict_actions import (
     claim_approval,
     downgrade_target,
@@ -68,6 +68,7 @@ __all__ = ["Admission", "Gatekeeper"]
 
 log = logging.getLogger("somaagent.admission")
 _MAX_ROUNDS = 3
+_PENDING = Verdict("allow", ("not decided yet",), "", None)  # until the policy's verdict
 
 
 class PolicyPort(Protocol):
@@ -93,18 +94,14 @@ class Admission:
     spent: Amounts = field(default_factory=Amounts)
     events: list[Event] = field(default_factory=list)
     refusal: str = ""  # why the last reservation was refused (budget, dimension, amounts)
+    refused_model: str | None = None  # the model whose reservation was just refused
+    # Whether a budget limits money or GPU time (what a GPU-priced call's time costs).
+    time_limited: bool = False
 
     def take_events(self) -> list[Event]:
         """The events held back for the request's single publish (the policy verdict)."""
         events, self.events = self.events, []
         return events
-
-    @property
-    def time_limited(self) -> bool:
-        """Whether a budget limits money or GPU time (what a GPU-priced call's time costs)."""
-        return any(
-            s.limits.usd_nano is not None or s.limits.gpu_us is not None for s in self.states
-        )
 
     def deadline(self, entry: ModelEntry, timeout_s: float) -> float:
         """The upstream timeout; the reserved GPU time bounds it when a budget limits money
@@ -227,10 +224,10 @@ class Gatekeeper:
         prompt_tokens = prompt_token_bound(request.messages)
         models = {e.model_id: e for e in (decision.model, *self.live(caller))}
         worst = {m: self.bound(e, request, prompt_tokens) for m, e in models.items()}
-        budgeted = (
-            budgets
-            and self.budgets is not None
-            and await self.budgets.has_budgets(caller.tenant, caller.persona)
+        applicable = (
+            await self.budgets.applicable(caller.tenant, caller.persona)
+            if budgets and self.budgets is not None
+            else []
         )
         approval = (
             await presented_approval(self.approvals, approval_id, caller, prompt_hash)
@@ -238,37 +235,40 @@ class Gatekeeper:
             else None
         )
         held: list[Event] = []  # verdict events: published with the call's, or at a refusal
+        first = decision.model  # the model reserved first (and the state read with it)
         for _ in range(_MAX_ROUNDS):
-            states = (
-                await self.budgets.state(caller.tenant, caller.persona, self.clock())
-                if budgeted and self.budgets is not None
-                else []
-            )
-            verdict, event = await self._verdict(
-                request, caller, ctx, decision, worst, models, states, approval, prompt_hash
-            )
-            held.append(event)
-            try:
-                entry = await self._act(
-                    verdict, decision, models, request, caller, ctx, prompt_hash, worst
-                )
-            except RequestError:
-                self.emit(held)
-                raise
             adm = Admission(
                 caller=caller,
                 ctx=ctx,
                 request=request,
                 prompt_hash=prompt_hash,
-                verdict=verdict,
-                entry=entry,
+                verdict=_PENDING,
+                entry=first,
                 worst=worst,
-                budgeted=budgeted,
-                states=states,
+                budgeted=bool(applicable),
                 approval=approval,
                 events=held,
+                time_limited=any(
+                    b.limit_usd is not None or b.limit_gpu_hours is not None for b in applicable
+                ),
             )
-            if not budgeted or await self.begin(adm, entry):
+            if adm.budgeted:
+                # Reserve first: the script that holds the worst case returns the counters
+                # as it found them, which is exactly the state the policy would have read.
+                adm.states = list((await self.reserve_for(adm, first)).states)
+            try:
+                adm.verdict, event = await self._verdict(
+                    request, caller, ctx, decision, worst, models, adm.states, approval, prompt_hash
+                )
+                held.append(event)
+                adm.entry = await self._act(
+                    adm.verdict, decision, models, request, caller, ctx, prompt_hash, worst
+                )
+            except Exception:
+                await self.abandon(adm)
+                self.emit(held)
+                raise
+            if await self.begin(adm, adm.entry):
                 if approval is not None:
                     try:
                         await claim_approval(self.approvals, approval, caller, prompt_hash)
@@ -277,8 +277,7 @@ class Gatekeeper:
                         self.emit(held)
                         raise
                 return adm
-            if not self.enforce:
-                return adm  # permissive: run unreserved; the spend is still settled
+            first = adm.entry
         self.emit(held)
         # The policy allowed the call (a fail-open verdict, or the room went to concurrent
         # requests between each state read and reserve) but the budget cannot hold it.
@@ -486,17 +485,29 @@ class Gatekeeper:
 
     # ------------------------------------------------------------------ attempts
     async def begin(self, adm: Admission, entry: ModelEntry) -> bool:
-        """Reserve ``entry``'s worst case for the next attempt; False when it does not fit.
+        """Reserve ``entry``'s worst case for the next attempt; False when it does not fit
+        (in ``permissive`` mode a refused call runs anyway: True, and its spend still counts).
 
-        Raises ``BudgetUnavailable`` when the budgets cannot be reached.
+        A hold already on ``entry`` is kept; one just refused for ``entry`` is not asked for
+        again. Raises ``BudgetUnavailable`` when the budgets cannot be reached.
         """
         if not adm.budgeted or self.budgets is None:
             return True
         if adm.reservation is not None and adm.reserved_model == entry.model_id:
             return True
+        if adm.refused_model == entry.model_id:
+            return False
+        await self.reserve_for(adm, entry)
+        return adm.reservation is not None
+
+    async def reserve_for(self, adm: Admission, entry: ModelEntry) -> ReserveOutcome:
+        """Hold ``entry``'s worst case on the caller's budgets, in place of any other hold
+        of ``adm``; the outcome carries the budgets' states as the reservation found them."""
+        assert self.budgets is not None
         if adm.reservation is not None:
             await self.budgets.release(adm.reservation)
             adm.reservation = adm.reserved_model = None
+        adm.refused_model = None
         bound = adm.worst.get(entry.model_id)
         if bound is None:
             bound = self.bound(entry, adm.request, prompt_token_bound(adm.request.messages))
@@ -511,19 +522,17 @@ class Gatekeeper:
             deadline_s=adm.deadline(entry, self.upstream_timeout_s) + self.reservation_grace_s,
             at=self.clock(),
         )
-        ok = bool(outcome)
-        if ok:
+        if outcome or not self.enforce:  # permissive: run unreserved, settle still counts
             adm.reservation, adm.reserved_model = rid, entry.model_id
-        else:
+        if not outcome:
             adm.refusal = "; ".join(
                 f"budget {x.budget.budget_id} ({x.budget.window} {x.window.key}):"
                 f" {x.dimension} needs {x.requested}, {x.remaining} remain"
                 for x in outcome.exceeded
             )
-        if not ok and not self.enforce:
-            adm.reservation, adm.reserved_model = rid, entry.model_id  # settle still counts
-            return True
-        return ok
+            if self.enforce:
+                adm.refused_model = entry.model_id
+        return outcome
 
     async def end(
         self, adm: Admission, entry: ModelEntry, *, tokens: int, cost_usd: Decimal, gpu_ms: float

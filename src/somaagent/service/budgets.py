@@ -162,13 +162,16 @@ class ReserveOutcome:
     """``ok``: held on every budget in ``budgets`` until ``deadline_ms`` (Unix ms, Redis
     clock; ``None`` when no budget applies). Otherwise nothing is held and ``exceeded``
     names why; the id still accepts ``settle`` (a caller that runs the call anyway, in a
-    permissive mode, still has its spend counted) and ``release``. Truthy when ``ok``."""
+    permissive mode, still has its spend counted) and ``release``. Truthy when ``ok``.
+    ``states``: each budget's counter as the reservation found it (before its own hold),
+    read in the same atomic script, so no separate ``state`` read is needed."""
 
     ok: bool
     reservation_id: str
     budgets: tuple[Budget, ...]
     exceeded: tuple[Exceeded, ...] = ()
     deadline_ms: int | None = None
+    states: tuple[BudgetState, ...] = ()
 
     def __bool__(self) -> bool:
         return self.ok
@@ -264,6 +267,16 @@ def _limits_of(cache: dict[Budget, Limits], budget: Budget) -> Limits:
     if limits is None:
         limits = cache[budget] = budget.limits()
     return limits
+
+
+def _states_of(
+    specs: Sequence[Spec], limits: Sequence[tuple[str, Limits]], values: Sequence[CounterValues]
+) -> tuple[BudgetState, ...]:
+    """The budgets' states from the counter values a reserve script read (in spec order)."""
+    return tuple(
+        BudgetState(budget, window, lim, value.spent, value.reserved)
+        for (budget, window), (_, lim), value in zip(specs, limits, values, strict=True)
+    )
 
 
 def _reports(
@@ -438,7 +451,10 @@ class BudgetService:
                     self._open[reservation_id] = _Open(
                         tenant, persona, at, amounts, keys, result.deadline_ms
                     )
-                    return ReserveOutcome(True, reservation_id, budgets, (), result.deadline_ms)
+                    states = _states_of(specs, limits, result.values)
+                    return ReserveOutcome(
+                        True, reservation_id, budgets, (), result.deadline_ms, states
+                    )
             if result.status != "missing" or attempt == 2:
                 break
             await self._rebuild(tenant, [specs[i] for i in result.missing])
@@ -460,7 +476,8 @@ class BudgetService:
             )
             for i, dim, remaining in result.exceeded
         )
-        return ReserveOutcome(False, reservation_id, budgets, exceeded)
+        states = _states_of(specs, limits, result.values)
+        return ReserveOutcome(False, reservation_id, budgets, exceeded, states=states)
 
     async def settle(
         self,

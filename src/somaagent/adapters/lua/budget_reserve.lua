@@ -8,8 +8,11 @@
 -- ARGV[4] reservation hash key prefix (reaping)   ARGV[5] most expired reservations to reap
 -- ARGV[6] seconds the reservation hash outlives its deadline
 -- ARGV[7] per counter, its token, nano-USD and GPU-us limits ('-1' = unlimited), space-separated
--- Reply: {1, deadline_ms} reserved | {2} id already used | {3, i, ...} counters i missing
---        (nothing changed) | {4, i, dim, remaining, ...} would exceed (nothing changed)
+-- Reply: {1, deadline_ms, values...} reserved | {2} id already used | {3, i, ...} counters i
+--        missing (nothing changed) | {4, n, i, dim, remaining (n triples)..., values...} would
+--        exceed (nothing changed). values: per counter, its six fields as read before this
+--        reservation (st sn su rt rn ru, decimal strings), so the caller knows the state it
+--        reserved against without reading it again.
 local held = {'rt', 'rn', 'ru'}
 local function words(s)
   local out = {}
@@ -44,15 +47,21 @@ if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then return {2} end
 local amounts = words(ARGV[3])
 local limits = words(ARGV[7])
 local values = {}
+local read = {}
 local missing = {3}
 for i = 4, #KEYS do
   local v = redis.call('HMGET', KEYS[i], 'st', 'sn', 'su', 'rt', 'rn', 'ru')
   if not v[1] then missing[#missing + 1] = i - 3 end
   values[i] = v
+  for f = 1, 6 do read[#read + 1] = v[f] or '0' end
 end
 if #missing > 1 then return missing end
+local function with_values(reply)
+  for _, w in ipairs(read) do reply[#reply + 1] = w end
+  return reply
+end
 
-local exceeded = {4}
+local exceeded = {4, 0}
 for i = 4, #KEYS do
   local v = values[i]
   for d = 1, 3 do
@@ -63,11 +72,12 @@ for i = 4, #KEYS do
         exceeded[#exceeded + 1] = i - 3
         exceeded[#exceeded + 1] = d
         exceeded[#exceeded + 1] = limit - used
+        exceeded[2] = exceeded[2] + 1
       end
     end
   end
 end
-if #exceeded > 1 then return exceeded end
+if exceeded[2] > 0 then return with_values(exceeded) end
 
 local counters = {}
 for i = 4, #KEYS do
@@ -79,4 +89,4 @@ redis.call('HSET', KEYS[2], 't', amounts[1], 'n', amounts[2], 'u', amounts[3],
   'c', table.concat(counters, ' '), 'd', string.format('%d', deadline))
 redis.call('PEXPIREAT', KEYS[2], string.format('%d', deadline + tonumber(ARGV[6]) * 1000))
 redis.call('ZADD', KEYS[1], string.format('%d', deadline), ARGV[1])
-return {1, deadline}
+return with_values({1, deadline})
