@@ -3,17 +3,22 @@
 Order of work for a request (``Gatekeeper.admit``):
 
 1. the worst case of every model the caller may use (``domain.worst_case``);
-2. the caller's budgets and their live state (Redis; rebuilt from Postgres when missing);
+2. the worst case of the routed model is reserved atomically on the caller's budgets
+   (Redis; counters rebuilt from Postgres when missing). The same script returns each
+   counter as it found it, before this hold: the budget state of step 3, without a
+   separate read (a hold the verdict does not use is released or moved in step 5);
 3. the policy verdict (OPA) on the request envelope, budget state, router decision, prompt
    hash, policy version and constitution hash, emitted as a ``policy.events`` event with the
    policy latency;
 4. in ``enforce`` mode the verdict is acted on (``allow``; ``downgrade`` to the model the
    policy names; ``pause`` -> 429 with ``Retry-After``; ``require_approval`` -> queued,
    403 ``approval_required`` with the approval id; ``deny`` -> 403 ``policy_denied``); in
-   ``permissive`` mode it is only logged and emitted (``overridden``);
-5. the worst case of the model to call is reserved atomically. A reservation the budget
-   refuses (a concurrent request won the race) sends the request back to step 2, at most
-   ``_MAX_ROUNDS`` times; the budgets always hold, whatever the mode.
+   ``permissive`` mode it is only logged and emitted (``overridden``). A refusal releases
+   the hold;
+5. the model to call keeps its hold (or, after a downgrade, the hold moves to it). A
+   reservation the budget refused (a concurrent request won the race) sends the request
+   back to step 2, at most ``_MAX_ROUNDS`` times, reserving the model the last verdict
+   chose; the budgets always hold, whatever the mode.
 
 Each upstream attempt runs under a reservation for its own model (``begin``), and is settled
 to its actual usage when it ends (``end``; an attempt that failed settles to zero, i.e. a
