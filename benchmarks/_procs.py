@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -125,3 +126,17 @@ def pin(pids: list[int], core: int) -> None:
                 capture_output=True,
                 check=False,
             )
+
+
+def deprioritize(pids: list[int], niceness: int) -> None:
+    """Lower the scheduling priority of every thread of these processes and of their
+    descendants (on Linux a nice value is per thread; threads started later inherit it)."""
+    for root in pids:
+        for pid in descendants(root):
+            try:
+                tids = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+            except OSError:
+                continue
+            for tid in tids:
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PROCESS, tid, niceness)

@@ -10,7 +10,6 @@ through here can never produce an event the contract rejects.
 
 from __future__ import annotations
 
-import os
 import re
 import typing
 from collections.abc import Callable, Mapping
@@ -20,6 +19,7 @@ from typing import Any
 
 from somaagent.domain.events import new_event_id
 from somaagent.domain.events._types import Opaque, SafeName
+from somaagent.domain.randomness import random_bytes as fast_random_bytes
 
 __all__ = [
     "BUDGET_TRACE_HEADER",
@@ -126,7 +126,9 @@ def _random_hex(random_bytes: RandomBytes, size: int) -> str:
     return raw.hex()
 
 
-def parse_traceparent(value: str | None, *, random_bytes: RandomBytes = os.urandom) -> TraceContext:
+def parse_traceparent(
+    value: str | None, *, random_bytes: RandomBytes = fast_random_bytes
+) -> TraceContext:
     """Continue the trace named by a W3C ``traceparent`` header, or start a new one.
 
     Follows Trace Context Level 1: lowercase hex only; version ``ff``, an all-zero trace-id or
@@ -224,7 +226,7 @@ def build_request_context(
     metadata: Mapping[str, Any] | None = None,
     *,
     now: datetime | None = None,
-    random_bytes: RandomBytes = os.urandom,
+    random_bytes: RandomBytes = fast_random_bytes,
 ) -> RequestContext:
     """Build a request's envelope from its headers and its body's ``metadata``.
 

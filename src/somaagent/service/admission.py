@@ -28,7 +28,6 @@ release). GPU-priced calls get a deadline that keeps them inside their reserved 
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from somaagent.domain.identity import Caller, RequestContext
 from somaagent.domain.policy import Verdict
 from somaagent.domain.policy_input import policy_input
 from somaagent.domain.policy_reuse import Reuse
+from somaagent.domain.randomness import random_bits
 from somaagent.domain.ratecards import RateBook
 from somaagent.domain.routing import Decision, GpuPricing, ModelEntry
 from somaagent.domain.worst_case import WorstCase, prompt_token_bound, worst_case
@@ -517,7 +517,7 @@ class Gatekeeper:
         if bound is None:
             bound = self.bound(entry, adm.request, prompt_token_bound(adm.request.messages))
             adm.worst[entry.model_id] = bound
-        rid = "res_" + secrets.token_hex(12)
+        rid = f"res_{random_bits(96):024x}"  # unique, not secret (domain.randomness)
         outcome = await self.budgets.reserve(
             tenant=adm.caller.tenant,
             persona=adm.caller.persona,

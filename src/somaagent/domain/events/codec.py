@@ -8,7 +8,6 @@ Python JSON Schema validator.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -19,6 +18,7 @@ import msgspec
 from somaagent.domain.events._catalog import Event
 from somaagent.domain.events._errors import ContractError
 from somaagent.domain.events._types import dec_hook, enc_hook
+from somaagent.domain.randomness import random_bytes
 
 __all__ = [
     "MAX_EVENT_BYTES",
@@ -105,7 +105,7 @@ class Codec:
         with self._id_lock:
             clock = max(_clock_from_ns(time.time_ns()), self._last_id_clock + 1)
             self._last_id_clock = clock
-        return _uuid7_from_clock(clock, os.urandom(8))
+        return _uuid7_from_clock(clock, random_bytes(8))
 
 
 def _clock_from_ns(unix_ns: int) -> int:
@@ -140,7 +140,7 @@ def new_event_id() -> str:
 
     Use ``Codec.new_event_id`` where strict ordering within a process matters.
     """
-    return uuid7_from(time.time_ns(), os.urandom(8))
+    return uuid7_from(time.time_ns(), random_bytes(8))
 
 
 def format_timestamp(moment: datetime) -> str:
