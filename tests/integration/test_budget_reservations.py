@@ -504,9 +504,10 @@ def test_a_reservation_reports_the_state_it_found(dsn: str, redis_url: str) -> N
                 (s.spent, s.reserved) for s in now
             ]
             assert [s.limits for s in refused.states] == [s.limits for s in now]
-            assert refused.exceeded[0].remaining == daily.limits().remaining(
-                now[0].spent + now[0].reserved
-            ).usd_nano
+            assert (
+                refused.exceeded[0].remaining
+                == daily.limits().remaining(now[0].spent + now[0].reserved).usd_nano
+            )
 
     run(scenario())
 
