@@ -476,6 +476,38 @@ def test_refused_reservation_still_settles_in_permissive_mode(dsn: str, redis_ur
     run(scenario())
 
 
+def test_a_settle_that_does_not_wait_is_seen_by_the_next_operation(
+    dsn: str, redis_url: str
+) -> None:
+    """``settle(wait=False)`` returns before Redis is told; the next read or reservation of
+    this process goes out after it on the same connection, and closing the service waits
+    for what is still in flight."""
+    t = tenant()
+
+    async def scenario() -> None:
+        async with harness(dsn, redis_url) as h:
+            b = await h.budget(t, "monthly", limit_tokens=10_000)
+            for i in range(50):
+                assert await h.reserve(t, f"{t}-{i}")
+                await h.service.settle(
+                    f"{t}-{i}", model_id="m", tokens=7, cost_usd=Decimal(0),
+                    gpu_ms=Decimal(0), wait=False,
+                )  # fmt: skip
+                state = (await h.service.state(t, "support"))[0]
+                assert (state.spent, state.reserved) == (Amounts(7 * (i + 1), 0, 0), NOTHING)
+            assert await h.reserve(t, f"{t}-last")
+            await h.service.settle(
+                f"{t}-last", model_id="m", tokens=5, cost_usd=Decimal(0), gpu_ms=Decimal(0),
+                wait=False,
+            )  # fmt: skip
+        # the harness closed the service right after the last settle was handed over
+        async with harness(dsn, redis_url) as h2:
+            assert await h2.values(b) == (Amounts(355, 0, 0), NOTHING)
+        assert sorted(r[0] for r in ledger(dsn, t)) == [5] + [7] * 50
+
+    run(scenario())
+
+
 def test_a_reservation_reports_the_state_it_found(dsn: str, redis_url: str) -> None:
     """The reserve script returns each counter as it read it, before its own hold: the same
     values a separate read at that moment gives (the gateway's policy input uses them)."""

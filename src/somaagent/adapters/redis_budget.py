@@ -224,22 +224,28 @@ class RedisBudgetCounters:
             "exceeded", exceeded=exceeded, values=_values(reply, end, len(counters))
         )
 
-    async def settle(
+    def settle(
         self, tenant: str, reservation_id: str, counters: Sequence[str], actual: Amounts
-    ) -> SettleStatus:
-        """Free the reservation's held units and add ``actual`` to spent (see the script)."""
+    ) -> Awaitable[SettleStatus]:
+        """Free the reservation's held units and add ``actual`` to spent (see the script).
+
+        Like ``release``, the command is queued on the connection when this is called (see
+        ``RespClient.submit_script``); awaiting gives its status.
+        """
         keys = self._tenant_keys(tenant, reservation_id) + list(counters)
         args = [reservation_id, _words(actual), self._done_ttl_arg]
-        reply: list[int] = await self._call(self._run(self._settle, keys, args))
-        return _SETTLE_STATUS[int(reply[0])]
+        return self._status(self._resp.submit_script(self._settle, keys, args))
 
-    async def release(
+    def release(
         self, tenant: str, reservation_id: str, counters: Sequence[str]
-    ) -> SettleStatus:
+    ) -> Awaitable[SettleStatus]:
         """Free the reservation's held units; nothing is spent."""
         keys = self._tenant_keys(tenant, reservation_id) + list(counters)
         args = [reservation_id, self._done_ttl_arg]
-        reply: list[int] = await self._call(self._run(self._release, keys, args))
+        return self._status(self._resp.submit_script(self._release, keys, args))
+
+    async def _status(self, work: Awaitable[list[int]]) -> SettleStatus:
+        reply = await self._call(work)
         return _SETTLE_STATUS[int(reply[0])]
 
     async def rebuild(

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import time
 from collections import deque
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
@@ -243,6 +244,27 @@ class RespClient:
         """EVALSHA, loading the script first when the server does not know it."""
         try:
             return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except RespError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        await self.execute("SCRIPT", "LOAD", script.source)
+        return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def submit_script(self, script: Script, keys: list[str], args: list[str]) -> Awaitable[Any]:
+        """``run_script``, with the command queued before this returns when connected: it
+        goes out ahead of every command issued after this call, whether or not (or when)
+        the caller awaits the result."""
+        proto = self._proto
+        if proto is None or proto.transport is None:
+            return self.run_script(script, keys, args)
+        future = self._send(proto, ("EVALSHA", script.sha, len(keys), *keys, *args))
+        return self._script_reply(future, script, keys, args)
+
+    async def _script_reply(
+        self, future: asyncio.Future[Any], script: Script, keys: list[str], args: list[str]
+    ) -> Any:
+        try:
+            return await future
         except RespError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise

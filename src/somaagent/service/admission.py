@@ -549,8 +549,9 @@ class Gatekeeper:
         pricing = card.pricing if card is not None else entry.pricing
         gpu = Decimal(repr(float(gpu_ms))) if isinstance(pricing, GpuPricing) else Decimal(0)
         rid, adm.reservation, adm.reserved_model = adm.reservation, None, None
+        # Redis is told in the background: the answer need not wait for that round trip.
         await self.budgets.settle(
-            rid, model_id=entry.model_id, tokens=tokens, cost_usd=cost_usd, gpu_ms=gpu
+            rid, model_id=entry.model_id, tokens=tokens, cost_usd=cost_usd, gpu_ms=gpu, wait=False
         )
         adm.spent = adm.spent + Amounts.of_charge(tokens, cost_usd, gpu)
         self.publish_ratios(adm.caller, adm.states, adm.spent)

@@ -28,7 +28,7 @@ import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -118,12 +118,13 @@ class BudgetCounters(Protocol):
         amounts: Amounts,
         lifetime_ms: int,
     ) -> ReserveResult: ...
-    async def settle(
+    # Both queue their command when called (ahead of any later one), then may be awaited.
+    def settle(
         self, tenant: str, reservation_id: str, counters: Sequence[str], actual: Amounts
-    ) -> SettleStatus: ...
-    async def release(
+    ) -> Awaitable[SettleStatus]: ...
+    def release(
         self, tenant: str, reservation_id: str, counters: Sequence[str]
-    ) -> SettleStatus: ...
+    ) -> Awaitable[SettleStatus]: ...
     async def rebuild(
         self,
         tenant: str,
@@ -341,6 +342,7 @@ class BudgetService:
         self._unsettled: dict[str, _Open] = {}  # finished here, Redis not told yet
         self._finished: OrderedDict[str, None] = OrderedDict()  # recently settled ids
         self._maintenance: asyncio.Task[None] | None = None
+        self._telling: set[asyncio.Task[None]] = set()  # settles sent without waiting
 
     # -- budgets (CRUD invalidates this process's cache at once) ----------------------------
 
@@ -487,11 +489,16 @@ class BudgetService:
         tokens: int,
         cost_usd: Decimal,
         gpu_ms: Decimal,
+        wait: bool = True,
     ) -> None:
         """Record what the call cost (exact) and turn its hold into spend.
 
         A second settle or release of the same id does nothing; an id this process never
         reserved raises ``UnknownReservation``. ``cost_usd`` has at most 18 decimal places.
+        ``wait=False`` returns once the charge is recorded here and tells Redis in the
+        background (the gateway answers its caller meanwhile): until then the counters
+        still hold the reservation, which errs on the safe side, and every later operation
+        of this process on those counters goes out on the same connection after it.
         """
         if not isinstance(model_id, str) or not 1 <= len(model_id) <= 256:
             raise BudgetError("model_id must be 1-256 characters")
@@ -500,7 +507,7 @@ class BudgetService:
         actual = Amounts.of_charge(tokens, cost_usd, gpu_ms).checked()
         if cost_usd != cost_usd.quantize(Decimal("1e-18")):
             raise BudgetError("cost_usd has more than 18 decimal places")
-        await self._finish(reservation_id, actual, model_id, cost_usd, gpu_ms)
+        await self._finish(reservation_id, actual, model_id, cost_usd, gpu_ms, wait=wait)
 
     async def release(self, reservation_id: str) -> None:
         """Free the hold of a call that did not happen (or failed without cost)."""
@@ -513,6 +520,8 @@ class BudgetService:
         model_id: str,
         cost_usd: Decimal,
         gpu_ms: Decimal,
+        *,
+        wait: bool = True,
     ) -> None:
         r = self._open.get(rid)
         if r is None:
@@ -542,14 +551,34 @@ class BudgetService:
                     )
                 )
             if r.keys and (r.held or actual is not None):
-                await self._tell_redis(rid, r)
+                if wait:
+                    await self._tell_redis(rid, r)
+                else:
+                    # Sent now, inside the gate, ahead of any later command on the counters;
+                    # its reply is awaited in the background (until then the id is what a
+                    # rebuild counts as finished here, Redis not told yet).
+                    self._unsettled[rid] = r
+                    sent = self._send_redis(rid, r)
+                    task = asyncio.get_running_loop().create_task(self._tell_later(rid, r, sent))
+                    self._telling.add(task)
+                    task.add_done_callback(self._telling.discard)
 
-    async def _tell_redis(self, rid: str, r: _Open) -> None:
+    async def _tell_later(self, rid: str, r: _Open, sent: Awaitable[SettleStatus]) -> None:
         try:
-            if r.actual is None:
-                await self._counters.release(r.tenant, rid, r.keys)
-            else:
-                await self._counters.settle(r.tenant, rid, r.keys, r.actual)
+            await self._tell_redis(rid, r, sent)
+        except Exception:  # a bug; the retry loop still has the settle queued
+            log.exception("budget %s of %s: background settle failed", rid, r.tenant)
+
+    def _send_redis(self, rid: str, r: _Open) -> Awaitable[SettleStatus]:
+        if r.actual is None:
+            return self._counters.release(r.tenant, rid, r.keys)
+        return self._counters.settle(r.tenant, rid, r.keys, r.actual)
+
+    async def _tell_redis(
+        self, rid: str, r: _Open, sent: Awaitable[SettleStatus] | None = None
+    ) -> None:
+        try:
+            await (sent if sent is not None else self._send_redis(rid, r))
         except BudgetUnavailable as exc:
             log.warning("budget %s of %s kept for a retry: %s", rid, r.tenant, exc)
             self._unsettled[rid] = r
@@ -780,6 +809,7 @@ class BudgetService:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
             self._maintenance = None
+        await asyncio.gather(*self._telling, return_exceptions=True)
         for rid, r in list(self._unsettled.items()):
             await self._tell_redis(rid, r)
         await self._writer.aclose()
