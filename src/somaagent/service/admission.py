@@ -269,11 +269,12 @@ class Gatekeeper:
                 adm.entry = await self._act(
                     adm.verdict, decision, models, request, caller, ctx, prompt_hash, worst
                 )
-            except Exception:
+                fits = await self.begin(adm, adm.entry)
+            except Exception:  # a refusal, or the budgets unreachable: the verdicts still go out
                 await self.abandon(adm)
                 self.emit(held)
                 raise
-            if await self.begin(adm, adm.entry):
+            if fits:
                 if approval is not None:
                     try:
                         await claim_approval(self.approvals, approval, caller, prompt_hash)
