@@ -7,7 +7,9 @@ everything.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -149,6 +151,13 @@ class WorkerRuntime:
         self.thread.start()
 
     def run(self) -> None:
+        if self.settings.worker_thread_nice:
+            # Linux nice values are per thread: only this one is lowered, relative to the
+            # process's own.
+            tid = threading.get_native_id()
+            with contextlib.suppress(OSError):
+                nice = os.getpriority(os.PRIO_PROCESS, tid) + self.settings.worker_thread_nice
+                os.setpriority(os.PRIO_PROCESS, tid, min(19, nice))
         run_worker(
             self.consumer,
             self.ingestor,

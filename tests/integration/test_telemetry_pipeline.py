@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import uuid
 
 import msgspec
@@ -71,6 +73,13 @@ def test_every_event_type_round_trips_field_by_field(stack: Settings) -> None:
         assert row[2] == sum(e.output_tokens for e in calls)  # type: ignore[attr-defined]
         assert row[3] == sum(e.cost_usd for e in calls)  # type: ignore[attr-defined]
         assert row[4] == 7
+
+        # The worker thread runs at its own, lower priority (the process's is unchanged).
+        assert container.worker is not None and container.worker.thread is not None
+        tid = container.worker.thread.native_id
+        assert tid is not None
+        assert os.getpriority(os.PRIO_PROCESS, tid) == min(19, os.nice(0) + 10)
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == os.nice(0)
 
 
 def test_malformed_messages_are_dead_lettered_and_valid_neighbours_stored(
