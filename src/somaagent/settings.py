@@ -162,8 +162,9 @@ class Settings(BaseSettings):
     worker_in_gateway: bool | None = None  # LOCAL: True (chDB has one owning process)
     worker_max_batch: int = Field(default=20_000, ge=1)
     worker_max_wait_s: float = Field(default=0.5, gt=0)
-    # How much nicer than its process the in-gateway worker thread runs (LOCAL): telemetry
-    # yields the core to serving when both want it, and catches up in idle time.
+    # How much nicer than its process the telemetry worker thread runs. Inside the gateway
+    # (LOCAL) telemetry yields the core to serving when both want it and catches up in
+    # idle time; in a worker process of its own it yields to the machine's other work.
     worker_thread_nice: int = Field(default=10, ge=0, le=19)
     ingest_max_body_bytes: int = Field(default=8 << 20, ge=1024)
 
