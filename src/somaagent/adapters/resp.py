@@ -242,13 +242,9 @@ class RespClient:
 
     async def run_script(self, script: Script, keys: list[str], args: list[str]) -> Any:
         """EVALSHA, loading the script first when the server does not know it."""
-        try:
-            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
-        except RespError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-        await self.execute("SCRIPT", "LOAD", script.source)
-        return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        proto = await self._protocol()
+        future = self._send(proto, ("EVALSHA", script.sha, len(keys), *keys, *args))
+        return await self._script_reply(future, script, keys, args)
 
     def submit_script(self, script: Script, keys: list[str], args: list[str]) -> Awaitable[Any]:
         """``run_script``, with the command queued before this returns when connected: it
@@ -263,6 +259,8 @@ class RespClient:
     async def _script_reply(
         self, future: asyncio.Future[Any], script: Script, keys: list[str], args: list[str]
     ) -> Any:
+        """The reply to an EVALSHA already sent; on ``NOSCRIPT``, load the script and run it
+        again (after a restart or ``SCRIPT FLUSH``)."""
         try:
             return await future
         except RespError as exc:
