@@ -239,6 +239,10 @@ class Gatekeeper:
             if approval_id
             else None
         )
+        # Whether a budget limits money or GPU time (what bounds a GPU-priced call's deadline).
+        time_limited = any(
+            b.limit_usd is not None or b.limit_gpu_hours is not None for b in applicable
+        )
         held: list[Event] = []  # verdict events: published with the call's, or at a refusal
         first = decision.model  # the model reserved first (and the state read with it)
         for _ in range(_MAX_ROUNDS):
@@ -253,9 +257,7 @@ class Gatekeeper:
                 budgeted=bool(applicable),
                 approval=approval,
                 events=held,
-                time_limited=any(
-                    b.limit_usd is not None or b.limit_gpu_hours is not None for b in applicable
-                ),
+                time_limited=time_limited,
             )
             if adm.budgeted:
                 # Reserve first: the script that holds the worst case returns the counters

@@ -271,12 +271,12 @@ def _limits_of(cache: dict[Budget, Limits], budget: Budget) -> Limits:
 
 
 def _states_of(
-    specs: Sequence[Spec], limits: Sequence[tuple[str, Limits]], values: Sequence[CounterValues]
+    cache: dict[Budget, Limits], specs: Sequence[Spec], values: Sequence[CounterValues]
 ) -> tuple[BudgetState, ...]:
-    """The budgets' states from the counter values a reserve script read (in spec order)."""
+    """The budgets' states from their counters' values (in spec order)."""
     return tuple(
-        BudgetState(budget, window, lim, value.spent, value.reserved)
-        for (budget, window), (_, lim), value in zip(specs, limits, values, strict=True)
+        BudgetState(budget, window, _limits_of(cache, budget), value.spent, value.reserved)
+        for (budget, window), value in zip(specs, values, strict=True)
     )
 
 
@@ -372,10 +372,6 @@ class BudgetService:
         self._cache.pop(tenant, None)
         self._loading.pop(tenant, None)
 
-    async def has_budgets(self, tenant: str, persona: str) -> bool:
-        """Whether any budget applies to this caller (from the cache when warm)."""
-        return bool(await self.applicable(tenant, persona))
-
     async def applicable(self, tenant: str, persona: str) -> builtins.list[Budget]:
         """The tenant-wide and ``persona`` budgets of ``tenant``, from a cache that lives
         ``cache_ttl_s`` (one PostgreSQL query per tenant and TTL, shared by concurrent
@@ -453,7 +449,7 @@ class BudgetService:
                     self._open[reservation_id] = _Open(
                         tenant, persona, at, amounts, keys, result.deadline_ms
                     )
-                    states = _states_of(specs, limits, result.values)
+                    states = _states_of(self._limits, specs, result.values)
                     return ReserveOutcome(
                         True, reservation_id, budgets, (), result.deadline_ms, states
                     )
@@ -478,7 +474,7 @@ class BudgetService:
             )
             for i, dim, remaining in result.exceeded
         )
-        states = _states_of(specs, limits, result.values)
+        states = _states_of(self._limits, specs, result.values)
         return ReserveOutcome(False, reservation_id, budgets, exceeded, states=states)
 
     async def settle(
@@ -633,13 +629,10 @@ class BudgetService:
         if any(v is None for v in values):
             await self._rebuild(tenant, specs)
             values = await self._counters.read(keys)
-        states = []
-        for (budget, window), value in zip(specs, values, strict=True):
-            if value is None:
-                raise BudgetUnavailable("budget counters vanished again right after their rebuild")
-            limits = _limits_of(self._limits, budget)
-            states.append(BudgetState(budget, window, limits, value.spent, value.reserved))
-        return states
+        found = [v for v in values if v is not None]
+        if len(found) < len(values):
+            raise BudgetUnavailable("budget counters vanished again right after their rebuild")
+        return list(_states_of(self._limits, specs, found))
 
     async def rebuild(self, tenant: str | None = None) -> RebuildReport:
         """Rebuild every missing counter of the current windows (of ``tenant``, or all), and
