@@ -28,17 +28,15 @@ import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Protocol
 
 from somaagent.adapters.redis_budget import (
     CounterValues,
     RebuildCounter,
     RebuildReservation,
-    ReserveResult,
     SettleStatus,
 )
 from somaagent.domain.budgets import (
@@ -60,6 +58,8 @@ from somaagent.domain.budgets import (
     summarize,
     window_of,
 )
+from somaagent.service.budget_ports import BudgetCounters, BudgetRepository, ChargeLedger
+from somaagent.service.tenant_gate import TenantGate
 
 __all__ = [
     "BudgetCounters",
@@ -86,64 +86,6 @@ Spec = tuple[Budget, Window]
 
 class UnknownReservation(BudgetError):
     """``settle``/``release`` of an id this process never reserved (or forgot long ago)."""
-
-
-class BudgetRepository(Protocol):
-    async def create(self, data: BudgetCreate, *, now: datetime | None = None) -> Budget: ...
-    async def get(self, budget_id: str) -> Budget: ...
-    async def list(self, tenant: str | None = None) -> builtins.list[Budget]: ...
-    async def update(
-        self, budget_id: str, change: BudgetUpdate, *, now: datetime | None = None
-    ) -> Budget: ...
-    async def delete(self, budget_id: str) -> Budget: ...
-    async def window_charges(
-        self,
-        *,
-        tenant: str,
-        persona: str | None,
-        start: datetime,
-        end: datetime,
-        since: datetime | None = None,
-    ) -> WindowTotals: ...
-    async def record_reset(self, record: ResetRecord) -> ResetRecord: ...
-    async def last_reset(self, budget_id: str, window_key: str) -> ResetRecord | None: ...
-
-
-class BudgetCounters(Protocol):
-    async def reserve(
-        self,
-        tenant: str,
-        reservation_id: str,
-        counters: Sequence[tuple[str, Limits]],
-        amounts: Amounts,
-        lifetime_ms: int,
-    ) -> ReserveResult: ...
-    # Both queue their command when called (ahead of any later one), then may be awaited.
-    def settle(
-        self, tenant: str, reservation_id: str, counters: Sequence[str], actual: Amounts
-    ) -> Awaitable[SettleStatus]: ...
-    def release(
-        self, tenant: str, reservation_id: str, counters: Sequence[str]
-    ) -> Awaitable[SettleStatus]: ...
-    async def rebuild(
-        self,
-        tenant: str,
-        counters: Sequence[RebuildCounter],
-        reservations: Sequence[RebuildReservation],
-    ) -> builtins.list[bool]: ...
-    async def reset(self, key: str) -> Amounts | None: ...
-    async def read(self, keys: Sequence[str]) -> builtins.list[CounterValues | None]: ...
-
-
-class ChargeLedger(Protocol):
-    """The batching charge writer (``adapters.budget_store.ChargeWriter``)."""
-
-    lock: asyncio.Lock
-
-    def add(self, charge: Charge) -> None: ...
-    def pending(self, tenant: str | None = None) -> builtins.list[Charge]: ...
-    async def flush(self) -> None: ...
-    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,59 +150,6 @@ class _Open:
     deadline_ms: int
     held: bool = True  # False: refused, nothing held in Redis (a settle still counts)
     actual: Amounts | None = None  # set once settled; None for a release
-
-
-@dataclass(slots=True)
-class _GateState:
-    readers: int = 0
-    closed: asyncio.Future[None] | None = None
-    drained: asyncio.Future[None] | None = None
-
-
-class _Gate:
-    """Per-tenant gate: operations share it; a rebuild or reset holds it alone."""
-
-    def __init__(self) -> None:
-        self._states: dict[str, _GateState] = {}
-
-    @contextlib.asynccontextmanager
-    async def shared(self, tenant: str) -> AsyncIterator[None]:
-        st = self._states.get(tenant)
-        while st is not None and st.closed is not None:
-            await asyncio.shield(st.closed)
-            st = self._states.get(tenant)
-        if st is None:
-            st = self._states[tenant] = _GateState()
-        st.readers += 1
-        try:
-            yield
-        finally:
-            st.readers -= 1
-            if st.readers == 0:
-                if st.drained is not None and not st.drained.done():
-                    st.drained.set_result(None)
-                elif st.closed is None and self._states.get(tenant) is st:
-                    del self._states[tenant]
-
-    @contextlib.asynccontextmanager
-    async def exclusive(self, tenant: str) -> AsyncIterator[None]:
-        while True:
-            st = self._states.setdefault(tenant, _GateState())
-            if st.closed is None:
-                break
-            await asyncio.shield(st.closed)
-        loop = asyncio.get_running_loop()
-        closed = st.closed = loop.create_future()
-        try:
-            if st.readers:
-                st.drained = loop.create_future()
-                await st.drained
-            yield
-        finally:
-            st.drained = st.closed = None
-            closed.set_result(None)
-            if st.readers == 0 and self._states.get(tenant) is st:
-                del self._states[tenant]
 
 
 def _limits_of(cache: dict[Budget, Limits], budget: Budget) -> Limits:
@@ -336,7 +225,7 @@ class BudgetService:
         self._windows: dict[tuple[str, str], Window] = {}  # last window per (kind, zone)
         self._loading: dict[str, asyncio.Task[builtins.list[Budget]]] = {}
         self._cache_epoch = 0
-        self._gate = _Gate()
+        self._gate = TenantGate()
         self._rebuilding: dict[str, asyncio.Task[builtins.list[CounterReport]]] = {}
         self._open: dict[str, _Open] = {}
         self._unsettled: dict[str, _Open] = {}  # finished here, Redis not told yet
