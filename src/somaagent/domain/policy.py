@@ -274,7 +274,8 @@ def format_reset(moment: datetime) -> str:
     utc = moment.astimezone(UTC)
     if utc.microsecond:
         utc = utc.replace(microsecond=0) + timedelta(seconds=1)
-    return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat is the same text as strftime("%Y-%m-%dT%H:%M:%SZ"), several times faster.
+    return utc.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 def _copy(amounts: Amounts) -> Amounts:

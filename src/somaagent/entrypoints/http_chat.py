@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -30,11 +31,33 @@ __all__ = ["chat_completions", "list_models", "openai_error", "read_json_body"]
 log = logging.getLogger("somaagent.gateway")
 
 
-class FastJSONResponse(JSONResponse):
-    """JSON rendered by msgspec (the stdlib encoder is several times slower)."""
+class FastJSONResponse(Response):
+    """A JSON answer rendered by msgspec, its header list built directly.
 
-    def render(self, content: Any) -> bytes:
-        return msgspec.json.encode(content)
+    The stdlib encoder is several times slower, and Starlette's header handling (lowercase,
+    encode, look for content-length and content-type in each) is not needed for the
+    gateway's own headers, which never repeat those two.
+    """
+
+    def __init__(
+        self, content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
+    ) -> None:
+        self.status_code = status_code
+        self.background = None
+        self.body = msgspec.json.encode(content)
+        raw = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(self.body)).encode()),
+        ]
+        if headers:
+            raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        self.raw_headers = raw
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        await send({"type": "http.response.body", "body": self.body})
 
 
 def openai_error(
@@ -49,11 +72,22 @@ def openai_error(
     return JSONResponse(body, status_code=status)
 
 
-async def authenticate(request: Request) -> Caller:
+def request_headers(request: Request) -> dict[str, str]:
+    """The request's headers by lowercase name, the first of repeated ones (as Starlette's
+    ``Headers.get``), decoded once: a call looks up about eight of them."""
+    headers: dict[str, str] = {}
+    for name, value in request.scope["headers"]:
+        key = name.decode("latin-1")
+        if key not in headers:
+            headers[key] = value.decode("latin-1")
+    return headers
+
+
+async def authenticate(request: Request, headers: Mapping[str, str] | None = None) -> Caller:
     """The caller behind ``Authorization: Bearer <key>`` (or the anonymous LOCAL caller)."""
     container = request.app.state.container
     settings = container.settings
-    header = request.headers.get("authorization", "")
+    header = (request.headers if headers is None else headers).get("authorization", "")
     token = header[7:].strip() if header.lower().startswith("bearer ") else ""
     store = container.api_keys
     if token and store is not None:
@@ -77,12 +111,15 @@ async def authenticate(request: Request) -> Caller:
     raise IdentityError(401, "missing API key: send 'Authorization: Bearer sk-soma-...'")
 
 
-async def read_json_body(request: Request, limit: int) -> bytes:
+async def read_json_body(
+    request: Request, limit: int, headers: Mapping[str, str] | None = None
+) -> bytes:
     """The body of a JSON request, at most ``limit`` bytes; 415/413 ``RequestError`` else."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    headers = request.headers if headers is None else headers
+    ctype = headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
         raise RequestError(415, f"content-type must be application/json, got {ctype or 'none'}")
-    declared = request.headers.get("content-length", "")
+    declared = headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"request body over {limit} bytes")
     body = bytearray()
@@ -99,35 +136,41 @@ async def chat_completions(request: Request) -> Response:
     settings = container.settings
     service = container.chat
     try:
-        caller = await authenticate(request)
-        raw = await read_json_body(request, settings.chat_max_body_bytes)
+        headers = request_headers(request)
+        caller = await authenticate(request, headers)
+        raw = await read_json_body(request, settings.chat_max_body_bytes, headers)
         chat = parse_chat_request(
             raw,
             default_max_tokens=settings.default_max_tokens,
             max_tokens_cap=settings.max_tokens_cap,
         )
-        ctx: RequestContext = build_request_context(caller, request.headers, chat.metadata)
-        attributes = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.request.model": chat.model or "auto",
-            "http.request.method": "POST",
-            "url.path": "/v1/chat/completions",
-            "soma.tenant": caller.tenant,
-            "soma.persona": caller.persona,
-            "soma.stream": chat.stream,
-        }
+        ctx: RequestContext = build_request_context(caller, headers, chat.metadata)
+        attributes = (
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": chat.model or "auto",
+                "http.request.method": "POST",
+                "url.path": "/v1/chat/completions",
+                "soma.tenant": caller.tenant,
+                "soma.persona": caller.persona,
+                "soma.stream": chat.stream,
+            }
+            if service.tracing.enabled
+            else {}
+        )
         with service.tracing.request(ctx.trace, "POST /v1/chat/completions", attributes) as (
             trace_ctx,
             _span,
         ):
-            ctx = dataclasses.replace(ctx, trace=trace_ctx)
+            if trace_ctx is not ctx.trace:  # a span of our own: its ids go into the events
+                ctx = dataclasses.replace(ctx, trace=trace_ctx)
             with bind_log_context(
                 tenant=caller.tenant,
                 persona=caller.persona,
                 mode=ctx.mode,
                 trace_id=ctx.trace.trace_id,
             ):
-                approval_id = request.headers.get("x-soma-approval") or None
+                approval_id = headers.get("x-soma-approval") or None
                 if chat.stream:
                     headers, body = await open_stream(
                         service, chat, caller, ctx, received, approval_id

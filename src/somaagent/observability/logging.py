@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from contextvars import ContextVar, Token
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -56,31 +56,43 @@ def current_log_context() -> LogContext:
     return _CONTEXT.get(_NO_CONTEXT)
 
 
-@contextmanager
+class _Binding:
+    """Binds a log context from ``__enter__`` to ``__exit__`` (re-entrant per use)."""
+
+    __slots__ = ("_changes", "_tokens")
+
+    def __init__(self, changes: tuple[str | None, str | None, str | None, str | None]) -> None:
+        self._changes = changes
+        self._tokens: list[Token[LogContext]] = []
+
+    def __enter__(self) -> LogContext:
+        outer = _CONTEXT.get(_NO_CONTEXT)
+        tenant, persona, mode, trace_id = self._changes
+        bound = LogContext(
+            outer.tenant if tenant is None else tenant,
+            outer.persona if persona is None else persona,
+            outer.mode if mode is None else mode,
+            outer.trace_id if trace_id is None else trace_id,
+        )
+        self._tokens.append(_CONTEXT.set(bound))
+        return bound
+
+    def __exit__(self, *_exc: object) -> None:
+        _CONTEXT.reset(self._tokens.pop())
+
+
 def bind_log_context(
     *,
     tenant: str | None = None,
     persona: str | None = None,
     mode: str | None = None,
     trace_id: str | None = None,
-) -> Iterator[LogContext]:
-    """Bind the given fields (the others keep their outer value) until the block exits."""
-    changes = {
-        k: v
-        for k, v in (
-            ("tenant", tenant),
-            ("persona", persona),
-            ("mode", mode),
-            ("trace_id", trace_id),
-        )
-        if v is not None
-    }
-    bound = replace(_CONTEXT.get(_NO_CONTEXT), **changes)
-    token: Token[LogContext] = _CONTEXT.set(bound)
-    try:
-        yield bound
-    finally:
-        _CONTEXT.reset(token)
+) -> AbstractContextManager[LogContext]:
+    """Bind the given fields (the others keep their outer value) until the block exits.
+
+    A plain class rather than a generator context manager: the gateway binds one per call.
+    """
+    return _Binding((tenant, persona, mode, trace_id))
 
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.

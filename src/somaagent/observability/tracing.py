@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from opentelemetry import trace
@@ -37,6 +37,9 @@ __all__ = ["Tracing", "build_tracing"]
 
 Attributes = Mapping[str, str | int | float | bool]
 
+# Stateless (``nullcontext`` only hands back its result), so one is shared.
+_NO_SPAN: AbstractContextManager[None] = nullcontext(None)
+
 
 class Tracing:
     """Spans for one process; ``enabled`` is False when the exporter is ``none``."""
@@ -49,14 +52,19 @@ class Tracing:
     def enabled(self) -> bool:
         return self._tracer is not None
 
-    @contextmanager
     def request(
         self, ctx_trace: TraceContext, name: str, attributes: Attributes
-    ) -> Iterator[tuple[TraceContext, Span | None]]:
+    ) -> AbstractContextManager[tuple[TraceContext, Span | None]]:
         """The request's SERVER span, child of the caller's span; yields the updated trace."""
         if self._tracer is None:
-            yield ctx_trace, None
-            return
+            return nullcontext((ctx_trace, None))
+        return self._request(self._tracer, ctx_trace, name, attributes)
+
+    @staticmethod
+    @contextmanager
+    def _request(
+        tracer: trace.Tracer, ctx_trace: TraceContext, name: str, attributes: Attributes
+    ) -> Iterator[tuple[TraceContext, Span | None]]:
         parent = None
         if ctx_trace.parent_span_id is not None:
             remote = SpanContext(
@@ -66,7 +74,7 @@ class Tracing:
                 trace_flags=TraceFlags(TraceFlags.SAMPLED if ctx_trace.sampled else 0),
             )
             parent = trace.set_span_in_context(NonRecordingSpan(remote))
-        with self._tracer.start_as_current_span(
+        with tracer.start_as_current_span(
             name, context=parent, kind=SpanKind.SERVER, attributes=dict(attributes)
         ) as span:
             sc = span.get_span_context()
@@ -75,19 +83,28 @@ class Tracing:
             )
             yield updated, span
 
-    @contextmanager
     def span(
         self,
         name: str,
         attributes: Attributes | None = None,
         *,
         kind: SpanKind = SpanKind.INTERNAL,
-    ) -> Iterator[Span | None]:
-        """A child of the current span (no-op when tracing is off)."""
+    ) -> AbstractContextManager[Span | None]:
+        """A child of the current span (no-op when tracing is off).
+
+        Off, it is one shared ``nullcontext``: a generator-based context manager costs a
+        few microseconds per use, and the chat path opens several per call.
+        """
         if self._tracer is None:
-            yield None
-            return
-        with self._tracer.start_as_current_span(
+            return _NO_SPAN
+        return self._span(self._tracer, name, attributes, kind)
+
+    @staticmethod
+    @contextmanager
+    def _span(
+        tracer: trace.Tracer, name: str, attributes: Attributes | None, kind: SpanKind
+    ) -> Iterator[Span | None]:
+        with tracer.start_as_current_span(
             name, kind=kind, attributes=dict(attributes or {})
         ) as span:
             yield span

@@ -24,7 +24,10 @@ class BudgetGauge:
     """The latest use of each (tenant, persona, window) budget since the last flush."""
 
     def __init__(self) -> None:
-        self._pending: dict[tuple[str, str, str], tuple[Limits, Amounts, Amounts | None]] = {}
+        # Per budget: its limits, the (spent, reserved, extra) to add up at flush, cheapest.
+        self._pending: dict[
+            tuple[str, str, str], tuple[Limits, tuple[Amounts, Amounts, Amounts], Amounts | None]
+        ] = {}
 
     def note(
         self,
@@ -48,12 +51,13 @@ class BudgetGauge:
             if need is None:
                 previous = pending.get(key)
                 need = previous[2] if previous is not None else None
-            pending[key] = (st.limits, st.spent + st.reserved + extra, need)
+            pending[key] = (st.limits, (st.spent, st.reserved, extra), need)
 
     def flush(self, sink: GaugeSink) -> None:
         """Publish the ratio of every budget noted since the last flush."""
         pending, self._pending = self._pending, {}
-        for (tenant, persona, window), (lim, used, cheapest) in pending.items():
+        for (tenant, persona, window), (lim, (spent, reserved, extra), cheapest) in pending.items():
+            used = spent + reserved + extra  # added here, not per call
             limits = (lim.tokens, lim.usd_nano, lim.gpu_us)
             ratios = [
                 (limit - u) / limit if limit > 0 else 0.0

@@ -33,7 +33,7 @@ from somaagent.domain.routing._entry import ModelEntry, Tier, is_developer
 from somaagent.domain.routing._errors import NoRouteError, RequestRejected
 from somaagent.domain.routing._ranking import ModelStats, RankedCandidate, RouterConfig, rank
 from somaagent.domain.routing.catalog import Catalog
-from somaagent.domain.routing.classifier import Classification, Dimension
+from somaagent.domain.routing.classifier import DIMENSIONS, Classification, Dimension
 
 __all__ = [
     "DECISION_TREE_VERSION",
@@ -400,14 +400,16 @@ def _tree(
     else:
         peers = len(ctx.ranked(chosen.entry.tier))
         why_won = f"rank 1 of {peers} on tier {chosen.entry.tier}: {chosen.summary()}"
+    # The per-dimension scores and thresholds are the classification's own, rounded once.
+    classified = classification.as_dict()
     tree: dict[str, Any] = {
         "version": DECISION_TREE_VERSION,
         "persona": ctx.persona,
         "role": ctx.role,
         "flags": ctx.flags.as_dict(),
-        "scores": classification.scores(),
-        "thresholds": classification.thresholds(),
-        "classification": classification.as_dict(),
+        "scores": {d: classified[d]["score"] for d in DIMENSIONS},
+        "thresholds": {d: classified[d]["threshold"] for d in DIMENSIONS},
+        "classification": classified,
         "upstream_signal": upstream_signal,
         "rules": [r.as_dict() for r in rules],
         "fired_rules": [r.rule for r in rules if r.fired and r.active],
