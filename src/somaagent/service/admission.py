@@ -92,6 +92,7 @@ class Admission:
     entry: ModelEntry
     worst: dict[str, WorstCase]
     budgeted: bool
+    units: dict[str, Amounts] = field(default_factory=dict)  # ``worst`` in budget units
     states: list[BudgetState] = field(default_factory=list)
     reservation: str | None = None
     reserved_model: str | None = None
@@ -229,6 +230,7 @@ class Gatekeeper:
         prompt_tokens = prompt_token_bound(request.messages)
         models = {e.model_id: e for e in (decision.model, *self.live(caller))}
         worst = {m: self.bound(e, request, prompt_tokens) for m, e in models.items()}
+        units = {m: self.amounts(w) for m, w in worst.items()}  # converted once per request
         applicable = (
             await self.budgets.applicable(caller.tenant, caller.persona)
             if budgets and self.budgets is not None
@@ -254,6 +256,7 @@ class Gatekeeper:
                 verdict=_PENDING,
                 entry=first,
                 worst=worst,
+                units=units,
                 budgeted=bool(applicable),
                 approval=approval,
                 events=held,
@@ -265,7 +268,7 @@ class Gatekeeper:
                 adm.states = list((await self.reserve_for(adm, first)).states)
             try:
                 adm.verdict, event = await self._verdict(
-                    request, caller, ctx, decision, worst, models, adm.states, approval, prompt_hash
+                    request, caller, ctx, decision, units, models, adm.states, approval, prompt_hash
                 )
                 held.append(event)
                 adm.entry = await self._act(
@@ -302,14 +305,14 @@ class Gatekeeper:
         caller: Caller,
         ctx: RequestContext,
         decision: Decision,
-        worst: dict[str, WorstCase],
+        units: dict[str, Amounts],
         models: dict[str, ModelEntry],
         states: list[BudgetState],
         approval: Approval | None,
         prompt_hash: str,
     ) -> tuple[Verdict, Event]:
-        """The policy's verdict and its (not yet published) ``policy.events`` event."""
-        units = {m: self.amounts(w) for m, w in worst.items()}
+        """The policy's verdict and its (not yet published) ``policy.events`` event;
+        ``units``: each candidate model's worst case in budget units."""
         doc = policy_input(
             request=request,
             caller=caller,
@@ -520,11 +523,14 @@ class Gatekeeper:
         if bound is None:
             bound = self.bound(entry, adm.request, prompt_token_bound(adm.request.messages))
             adm.worst[entry.model_id] = bound
+        amounts = adm.units.get(entry.model_id)
+        if amounts is None:
+            amounts = adm.units[entry.model_id] = self.amounts(bound)
         rid = f"res_{random_bits(96):024x}"  # unique, not secret (domain.randomness)
         outcome = await self.budgets.reserve(
             tenant=adm.caller.tenant,
             persona=adm.caller.persona,
-            amounts=self.amounts(bound),
+            amounts=amounts,
             reservation_id=rid,
             # the hold outlives the call's deadline by the time settling can take
             deadline_s=adm.deadline(entry, self.upstream_timeout_s) + self.reservation_grace_s,
@@ -553,10 +559,10 @@ class Gatekeeper:
         gpu = Decimal(repr(float(gpu_ms))) if isinstance(pricing, GpuPricing) else Decimal(0)
         rid, adm.reservation, adm.reserved_model = adm.reservation, None, None
         # Redis is told in the background: the answer need not wait for that round trip.
-        await self.budgets.settle(
+        charged = await self.budgets.settle(
             rid, model_id=entry.model_id, tokens=tokens, cost_usd=cost_usd, gpu_ms=gpu, wait=False
         )
-        adm.spent = adm.spent + Amounts.of_charge(tokens, cost_usd, gpu)
+        adm.spent = adm.spent + charged
         self.publish_ratios(adm.caller, adm.states, adm.spent)
 
     async def abandon(self, adm: Admission) -> None:

@@ -375,8 +375,9 @@ class BudgetService:
         cost_usd: Decimal,
         gpu_ms: Decimal,
         wait: bool = True,
-    ) -> None:
-        """Record what the call cost (exact) and turn its hold into spend.
+    ) -> Amounts:
+        """Record what the call cost (exact) and turn its hold into spend; return the units
+        charged (``Amounts.of_charge``).
 
         A second settle or release of the same id does nothing; an id this process never
         reserved raises ``UnknownReservation``. ``cost_usd`` has at most 18 decimal places.
@@ -393,6 +394,7 @@ class BudgetService:
         if cost_usd != cost_usd.quantize(Decimal("1e-18")):
             raise BudgetError("cost_usd has more than 18 decimal places")
         await self._finish(reservation_id, actual, model_id, cost_usd, gpu_ms, wait=wait)
+        return actual
 
     async def release(self, reservation_id: str) -> None:
         """Free the hold of a call that did not happen (or failed without cost)."""
