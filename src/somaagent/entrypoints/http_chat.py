@@ -136,15 +136,15 @@ async def chat_completions(request: Request) -> Response:
     settings = container.settings
     service = container.chat
     try:
-        headers = request_headers(request)
-        caller = await authenticate(request, headers)
-        raw = await read_json_body(request, settings.chat_max_body_bytes, headers)
+        incoming = request_headers(request)
+        caller = await authenticate(request, incoming)
+        raw = await read_json_body(request, settings.chat_max_body_bytes, incoming)
         chat = parse_chat_request(
             raw,
             default_max_tokens=settings.default_max_tokens,
             max_tokens_cap=settings.max_tokens_cap,
         )
-        ctx: RequestContext = build_request_context(caller, headers, chat.metadata)
+        ctx: RequestContext = build_request_context(caller, incoming, chat.metadata)
         attributes = (
             {
                 "gen_ai.operation.name": "chat",
@@ -170,7 +170,7 @@ async def chat_completions(request: Request) -> Response:
                 mode=ctx.mode,
                 trace_id=ctx.trace.trace_id,
             ):
-                approval_id = headers.get("x-soma-approval") or None
+                approval_id = incoming.get("x-soma-approval") or None
                 if chat.stream:
                     headers, body = await open_stream(
                         service, chat, caller, ctx, received, approval_id

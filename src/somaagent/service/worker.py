@@ -59,7 +59,7 @@ def run_worker(
     *,
     stats: WorkerStats | None = None,
     max_batch: int = 20_000,
-    max_wait_s: float = 0.5,
+    max_wait_s: float = 2.0,
     backoff_s: float = 1.0,
 ) -> WorkerStats:
     """Run until ``stop`` is set; return the statistics."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -133,6 +134,19 @@ def test_format_reset_is_utc_to_the_second_rounded_up() -> None:
     assert format_reset(moment) == "2026-11-23T05:00:00Z"
     with pytest.raises(ValueError, match="UTC offset"):
         format_reset(datetime(2026, 11, 23))
+
+
+def test_format_reset_is_the_strftime_text_it_replaced() -> None:
+    rng = random.Random(7)
+    start = datetime(1970, 1, 1, tzinfo=UTC)
+    for _ in range(5000):
+        offset = timezone(timedelta(minutes=rng.randint(-720, 720)))
+        moment = (start + timedelta(seconds=rng.randint(0, 4 * 10**9))).astimezone(offset)
+        moment = moment.replace(microsecond=rng.choice([0, rng.randint(1, 999_999)]))
+        utc = moment.astimezone(UTC)
+        if utc.microsecond:
+            utc = utc.replace(microsecond=0) + timedelta(seconds=1)
+        assert format_reset(moment) == utc.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def test_budget_input_derives_remaining_and_formats_the_reset() -> None:
