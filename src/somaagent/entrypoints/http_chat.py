@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
@@ -122,12 +122,19 @@ async def read_json_body(
     declared = headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"request body over {limit} bytes")
+    # The ASGI messages are read here rather than through ``Request.stream()``: an async
+    # generator per request costs its registration with the event loop and two ``anext``.
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
+    receive = request.receive
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        body += message.get("body", b"")
         if len(body) > limit:
             raise RequestError(413, f"request body over {limit} bytes")
-    return bytes(body)
+        if not message.get("more_body", False):
+            return bytes(body)
 
 
 async def chat_completions(request: Request) -> Response:
