@@ -97,7 +97,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="keep the collapsed stacks")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--blocking", action="store_true", help="pause the gateway per sample")
+    parser.add_argument("--native", action="store_true", help="C frames too (py-spy --native)")
     parser.add_argument("--cprofile", type=Path, default=None, help="profile file to write")
+    parser.add_argument(
+        "--perf", type=Path, default=None, help="also record with perf (cpu-clock) into this file"
+    )
     return parser.parse_args()
 
 
@@ -132,12 +136,22 @@ def with_py_spy(ns: argparse.Namespace, run: go.Run, body: bytes) -> dict[str, A
         py_spy, "record", "--format", "raw", "--nolineno", "--rate", str(ns.rate),
         "--duration", str(int(ns.seconds)), "--pid", str(run.children.pid("gateway")),
         "--output", str(stacks), *([] if ns.blocking else ["--nonblocking"]),
+        *(["--native"] if ns.native else []),
     ]  # fmt: skip
     result: dict[str, Any] = {}
 
     thread = threading.Thread(target=lambda: result.update(measured_level(ns, run, body)))
     thread.start()
+    perf = None
+    if ns.perf is not None:  # the kernel's sampler: C code (loop, libraries) by symbol
+        perf = subprocess.Popen(
+            ["perf", "record", "-e", "cpu-clock", "-F", "997", "-g", "-o", str(ns.perf),
+             "-p", str(run.children.pid("gateway")), "--", "sleep", str(int(ns.seconds))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
     subprocess.run(spy, check=True, capture_output=True)
+    if perf is not None:
+        perf.wait()
     thread.join()
     return {
         "level": {k: result.get(k) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request")},
