@@ -13,6 +13,8 @@ it measures at each concurrency
   round trip a budget that really holds costs (the gateway's own Redis client);
 * ``gateway``: ours; ``litellm``: LiteLLM's proxy.
 
+Only the gateway produces telemetry, so the worker consumes while the gateway is measured
+and is idle during the others' runs (as it is for LiteLLM in ``gateway_overhead.py``).
 Each proxy's added latency is against the ``direct`` run of its own round. Output: one JSON
 object (per level: medians over the rounds, each proxy's added p99 over LiteLLM's, and the
 goal's bound, a tenth of LiteLLM's).
