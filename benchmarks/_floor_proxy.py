@@ -32,6 +32,8 @@ _JSON = [(b"content-type", b"application/json")]
 class FloorProxy:
     def __init__(self, upstream: str, redis_url: str | None) -> None:
         self.upstream = upstream.rstrip("/")
+        self.url = self.upstream + "/v1/chat/completions"
+        self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
         self.redis_url = redis_url
         self.pool: Http1Pool | None = None
         self.redis: RespClient | None = None
@@ -65,9 +67,8 @@ class FloorProxy:
             await self.redis.run_script(_HOLD, ["floor:held"], ["1"])
         if self.pool is None:
             self.pool = Http1Pool(self.upstream)
-        url = self.upstream + "/v1/chat/completions"
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        status, answer = await self.pool.post(url, "/v1/chat/completions", body, headers, 30.0)
+        path = "/v1/chat/completions"
+        status, answer = await self.pool.post(self.url, path, body, self.headers, 30.0)
         await self._answer(send, status, answer)
 
     @staticmethod

@@ -37,7 +37,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import gateway_overhead as go  # noqa: E402
-from _procs import deprioritize, log  # noqa: E402
+from _procs import log  # noqa: E402
 from _report import machine, ratio  # noqa: E402
 
 from somaagent.stack import Supervisor  # noqa: E402
@@ -111,12 +111,7 @@ def main() -> None:
     started = time.monotonic()
     report: dict[str, Any] = {"benchmark": "c1_floor", "machine": machine()}
     try:
-        supervisor.up(only=["kafka", "postgres", "redis"])
-        run.start_upstream()
-        run.start_worker()
-        broker = supervisor.record("kafka")
-        background = [run.children.pid("worker"), *([broker.pid] if broker else [])]
-        deprioritize(background, go.BACKGROUND_NICE)
+        go.start_client_side(run, supervisor)
         report["budgets"] = go.create_budgets(run)
         run.start_gateway(worker_inside=False)
         urls = {"direct": run.upstream_url, "gateway": run.gateway_url, **start_floors(run)}

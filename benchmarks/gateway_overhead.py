@@ -473,9 +473,8 @@ def create_budgets(run: Run) -> list[str]:
     return ids
 
 
-def measure_all(run: Run, supervisor: Supervisor, report: dict[str, Any]) -> None:
-    """Every measurement of the run, in order, into ``report``."""
-    args = run.args
+def start_client_side(run: Run, supervisor: Supervisor) -> None:
+    """Kafka, PostgreSQL, Redis, the fixed upstream and the telemetry worker (client core)."""
     supervisor.up(only=["kafka", "postgres", "redis"])
     run.start_upstream()
     run.start_worker()
@@ -484,6 +483,12 @@ def measure_all(run: Run, supervisor: Supervisor, report: dict[str, Any]) -> Non
     # at a lower priority its batches no longer stall the request path's processes there.
     broker = supervisor.record("kafka")
     deprioritize([run.children.pid("worker"), *([broker.pid] if broker else [])], BACKGROUND_NICE)
+
+
+def measure_all(run: Run, supervisor: Supervisor, report: dict[str, Any]) -> None:
+    """Every measurement of the run, in order, into ``report``."""
+    args = run.args
+    start_client_side(run, supervisor)
     report["budgets"] = [] if args.no_budgets else create_budgets(run)
     run.start_gateway(worker_inside=False)
     lite = {"status": "skipped (--no-litellm)"} if args.no_litellm else run.start_litellm()
