@@ -297,7 +297,9 @@ def build_gate(
     """Budgets (Redis + Postgres), the policy engine (OPA) and the approvals queue."""
     dsn = settings.secret("postgres_dsn")
     store = BudgetStore(dsn)
-    counters = RedisBudgetCounters(settings.url("redis_url"))
+    counters = RedisBudgetCounters(
+        settings.url("redis_url"), defer_s=settings.budget_settle_defer_ms / 1000
+    )
     budgets = BudgetService(
         store, counters, ChargeWriter(store), cache_ttl_s=settings.budget_cache_s
     )

@@ -200,6 +200,9 @@ class Settings(BaseSettings):
     ratecards_file: Path | None = None  # loaded at start when Postgres has no rate card
     budget_cache_s: float = Field(default=5.0, gt=0)  # budget definitions cached this long
     budget_reservation_grace_s: float = Field(default=30.0, gt=0)  # past the call's deadline
+    # A settle the caller does not wait for may wait this long for the next Redis command
+    # of the process, to share its write and round trip (0: sent at once).
+    budget_settle_defer_ms: float = Field(default=2.0, ge=0, le=1000)
     # Traces: OpenTelemetry spans, exported over OTLP/HTTP, to stdout, or not at all.
     otel_exporter: Literal["none", "console", "otlp"] = "none"
     otel_endpoint: str | None = None  # OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces

@@ -208,3 +208,54 @@ def test_a_server_that_does_not_speak_resp_fails_the_call_at_once() -> None:
         await server.wait_closed()
 
     run(scenario())
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_deferred_script_leaves_with_the_next_command_in_order(
+    redis_url: str, loop: str
+) -> None:
+    async def scenario() -> None:
+        client, observer = RespClient(redis_url), RespClient(redis_url)
+        key = f"resp-test:{uuid.uuid4().hex}"
+        append = Script.of("return redis.call('APPEND', KEYS[1], ARGV[1])")
+        try:
+            # connected and the script known: submit_script queues at once
+            await client.execute("SCRIPT", "LOAD", append.source)
+            first = client.submit_script(append, [key], ["a"], defer_s=30.0)
+            second = client.submit_script(append, [key], ["b"], defer_s=30.0)
+            await asyncio.sleep(0.2)
+            assert await observer.execute("GET", key) is None  # still waiting for company
+            # The next command takes both along, ahead of itself.
+            assert await client.execute("APPEND", key, "c") == 3
+            assert await first == 1
+            assert await second == 2
+            assert await observer.execute("GET", key) == "abc"
+            # Alone, a deferred command leaves when its time is up.
+            alone = client.submit_script(append, [key], ["d"], defer_s=0.05)
+            assert await asyncio.wait_for(alone, 5) == 4
+            assert await observer.execute("GET", key) == "abcd"
+        finally:
+            await client.execute("DEL", key)
+            await client.aclose()
+            await observer.aclose()
+
+    (uvloop.run if loop == "uvloop" else asyncio.run)(scenario())
+
+
+def test_a_deferred_script_fails_with_its_connection(redis_url: str) -> None:
+    async def scenario() -> None:
+        client = RespClient(redis_url)
+        key = f"resp-test:{uuid.uuid4().hex}"
+        script = Script.of("return redis.call('INCR', KEYS[1])")
+        try:
+            await client.execute("SCRIPT", "LOAD", script.source)
+            waiting = client.submit_script(script, [key], [], defer_s=30.0)
+            await client.aclose()
+            with pytest.raises(RespUnavailable):
+                await waiting
+        finally:
+            other = RespClient(redis_url)
+            assert await other.execute("GET", key) is None  # it never left
+            await other.aclose()
+
+    run(scenario())

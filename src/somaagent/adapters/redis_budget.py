@@ -137,10 +137,13 @@ class RedisBudgetCounters:
         reap_limit: int = 100,
         done_ttl_s: int = 600,
         reservation_grace_s: int = 40 * 86_400,
+        defer_s: float = 0.002,
     ) -> None:
         # One auto-pipelined connection (adapters.resp): concurrent calls share its round
         # trips; redis-py's pool and parser layers cost several times more per call.
+        # ``defer_s``: how long a deferred settle or release may wait for company.
         self._url = url
+        self._defer_s = defer_s
         self._timeout_s = timeout_s
         self._resp = RespClient(url, timeout_s=timeout_s)
         self._inspect: aioredis.Redis | None = None
@@ -225,24 +228,33 @@ class RedisBudgetCounters:
         )
 
     def settle(
-        self, tenant: str, reservation_id: str, counters: Sequence[str], actual: Amounts
+        self,
+        tenant: str,
+        reservation_id: str,
+        counters: Sequence[str],
+        actual: Amounts,
+        *,
+        deferred: bool = False,
     ) -> Awaitable[SettleStatus]:
         """Free the reservation's held units and add ``actual`` to spent (see the script).
 
         Like ``release``, the command is queued on the connection when this is called (see
-        ``RespClient.submit_script``); awaiting gives its status.
+        ``RespClient.submit_script``); awaiting gives its status. ``deferred``: it may wait
+        up to ``defer_s`` to leave with this process's next command.
         """
         keys = self._tenant_keys(tenant, reservation_id) + list(counters)
         args = [reservation_id, _words(actual), self._done_ttl_arg]
-        return self._status(self._resp.submit_script(self._settle, keys, args))
+        defer_s = self._defer_s if deferred else 0.0
+        return self._status(self._resp.submit_script(self._settle, keys, args, defer_s=defer_s))
 
     def release(
-        self, tenant: str, reservation_id: str, counters: Sequence[str]
+        self, tenant: str, reservation_id: str, counters: Sequence[str], *, deferred: bool = False
     ) -> Awaitable[SettleStatus]:
         """Free the reservation's held units; nothing is spent."""
         keys = self._tenant_keys(tenant, reservation_id) + list(counters)
         args = [reservation_id, self._done_ttl_arg]
-        return self._status(self._resp.submit_script(self._release, keys, args))
+        defer_s = self._defer_s if deferred else 0.0
+        return self._status(self._resp.submit_script(self._release, keys, args, defer_s=defer_s))
 
     async def _status(self, work: Awaitable[list[int]]) -> SettleStatus:
         reply = await self._call(work)

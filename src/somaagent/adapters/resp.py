@@ -64,15 +64,28 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._on_lost = on_lost
         # Commands of one event-loop tick go out in one write (one syscall for all the
-        # calls made concurrently), flushed by a call_soon callback.
+        # calls made concurrently), flushed by a call_soon callback. A deferred command
+        # waits in the outbox for the next command's write, or its own timer at the latest.
         self.outbox: list[bytes] = []
+        self._soon = False
+        self._later: asyncio.TimerHandle | None = None
 
-    def queue(self, data: bytes) -> None:
-        if not self.outbox:
-            asyncio.get_running_loop().call_soon(self.flush)
+    def queue(self, data: bytes, defer_s: float = 0.0) -> None:
         self.outbox.append(data)
+        if self._soon:
+            return
+        loop = asyncio.get_running_loop()
+        if defer_s <= 0.0:
+            self._soon = True
+            loop.call_soon(self.flush)
+        elif self._later is None:
+            self._later = loop.call_later(defer_s, self.flush)
 
     def flush(self) -> None:
+        self._soon = False
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         out, self.outbox = self.outbox, []
         if self.transport is not None and out:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
@@ -109,6 +122,9 @@ class _Protocol(asyncio.Protocol):
     def fail(self, exc: Exception) -> None:
         transport, self.transport = self.transport, None
         self.outbox = []
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         pending, self.pending = self.pending, deque()
         for future, _ in pending:
             if not future.done():
@@ -206,12 +222,12 @@ class RespClient:
 
     # ------------------------------------------------------------------ commands
     @staticmethod
-    def _send(proto: _Protocol, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+    def _send(proto: _Protocol, args: tuple[Any, ...], defer_s: float = 0.0) -> asyncio.Future[Any]:
         if proto.transport is None:
             raise RespUnavailable("connection to Redis lost")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         proto.pending.append((future, time.monotonic()))
-        proto.queue(_encode(args))
+        proto.queue(_encode(args), defer_s)
         return future
 
     async def execute(self, *args: Any) -> Any:
@@ -246,14 +262,21 @@ class RespClient:
         future = self._send(proto, ("EVALSHA", script.sha, len(keys), *keys, *args))
         return await self._script_reply(future, script, keys, args)
 
-    def submit_script(self, script: Script, keys: list[str], args: list[str]) -> Awaitable[Any]:
+    def submit_script(
+        self, script: Script, keys: list[str], args: list[str], *, defer_s: float = 0.0
+    ) -> Awaitable[Any]:
         """``run_script``, with the command queued before this returns when connected: it
         goes out ahead of every command issued after this call, whether or not (or when)
-        the caller awaits the result."""
+        the caller awaits the result.
+
+        ``defer_s > 0``: the command may wait that long for company, leaving in the write
+        of the next command issued (one syscall and one round trip for both) or when the
+        time is up. For commands whose reply nobody is waiting for; order is unchanged.
+        """
         proto = self._proto
         if proto is None or proto.transport is None:
             return self.run_script(script, keys, args)
-        future = self._send(proto, ("EVALSHA", script.sha, len(keys), *keys, *args))
+        future = self._send(proto, ("EVALSHA", script.sha, len(keys), *keys, *args), defer_s)
         return self._script_reply(future, script, keys, args)
 
     async def _script_reply(

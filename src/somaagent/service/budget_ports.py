@@ -60,12 +60,19 @@ class BudgetCounters(Protocol):
         amounts: Amounts,
         lifetime_ms: int,
     ) -> ReserveResult: ...
-    # Both queue their command when called (ahead of any later one), then may be awaited.
+    # Both queue their command when called (ahead of any later one), then may be awaited;
+    # ``deferred``: nobody waits for the reply, the command may leave with the next one.
     def settle(
-        self, tenant: str, reservation_id: str, counters: Sequence[str], actual: Amounts
+        self,
+        tenant: str,
+        reservation_id: str,
+        counters: Sequence[str],
+        actual: Amounts,
+        *,
+        deferred: bool = False,
     ) -> Awaitable[SettleStatus]: ...
     def release(
-        self, tenant: str, reservation_id: str, counters: Sequence[str]
+        self, tenant: str, reservation_id: str, counters: Sequence[str], *, deferred: bool = False
     ) -> Awaitable[SettleStatus]: ...
     async def rebuild(
         self,

@@ -441,11 +441,13 @@ class BudgetService:
                 if wait:
                     await self._tell_redis(rid, r)
                 else:
-                    # Sent now, inside the gate, ahead of any later command on the counters;
-                    # its reply is awaited in the background (until then the id is what a
-                    # rebuild counts as finished here, Redis not told yet).
+                    # Queued now, inside the gate, ahead of any later command on the
+                    # counters; it leaves with this process's next Redis command or within
+                    # the counters' deferral (2 ms), and its reply is awaited in the
+                    # background (until then the id is what a rebuild counts as finished
+                    # here, Redis not told yet).
                     self._unsettled[rid] = r
-                    sent = self._send_redis(rid, r)
+                    sent = self._send_redis(rid, r, deferred=True)
                     task = asyncio.get_running_loop().create_task(self._tell_later(rid, r, sent))
                     self._telling.add(task)
                     task.add_done_callback(self._telling.discard)
@@ -456,10 +458,10 @@ class BudgetService:
         except Exception:  # a bug; the retry loop still has the settle queued
             log.exception("budget %s of %s: background settle failed", rid, r.tenant)
 
-    def _send_redis(self, rid: str, r: _Open) -> Awaitable[SettleStatus]:
+    def _send_redis(self, rid: str, r: _Open, *, deferred: bool = False) -> Awaitable[SettleStatus]:
         if r.actual is None:
-            return self._counters.release(r.tenant, rid, r.keys)
-        return self._counters.settle(r.tenant, rid, r.keys, r.actual)
+            return self._counters.release(r.tenant, rid, r.keys, deferred=deferred)
+        return self._counters.settle(r.tenant, rid, r.keys, r.actual, deferred=deferred)
 
     async def _tell_redis(
         self, rid: str, r: _Open, sent: Awaitable[SettleStatus] | None = None

@@ -1,0 +1,245 @@
+"""Compare gateway variants in alternating rounds on one held stack.
+
+The host's speed drifts by tens of percent within a minute, so two versions of the hot path
+can only be ranked when they are measured close together, many times, in turn. This holds
+the stack of ``gateway_overhead.py`` (fixed upstream, Kafka, PostgreSQL, Redis, budgets,
+policy and telemetry on, the worker in its own process at nice 10 on the client core) and
+runs one gateway per variant side by side (each on its own port, spool and core 0); each
+round measures the upstream directly, then every variant (in a rotating order), at each
+concurrency. Output: one JSON object with per-variant medians over the rounds (req/s,
+p50/p90/p99, added p50/p99 against the round's direct run, CPU per call).
+
+A variant is ``NAME`` or ``NAME=SPEC``; SPEC is a comma-separated list of
+``path:DIR`` (the gateway imports ``somaagent`` from DIR, e.g. a ``git worktree``'s
+``src``), ``env:KEY=VALUE`` (extra environment for that gateway), ``paused`` (the
+telemetry worker is stopped with SIGSTOP while that variant is measured; its events wait
+in Kafka), ``idle`` (the worker's and the broker's threads run under ``SCHED_IDLE``
+instead of nice 10 while that variant is measured) and ``load:spin`` / ``load:memory`` (a
+``SCHED_IDLE`` process on the client core loops in registers, or copies 64 MiB buffers,
+while that variant is measured: does work on the other core slow the gateway's own?;
+``load:duty20`` is busy 1 ms in 5, ``load:wakeups`` wakes 1,000 times a second).
+
+Usage: .venv/bin/python benchmarks/alternate.py base old=path:/tmp/old/src \\
+           [--levels 1,16] [--rounds 4] [--seconds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import gateway_overhead as go  # noqa: E402
+from _procs import cpu_seconds, deprioritize, descendants, log  # noqa: E402
+from _report import machine  # noqa: E402
+
+from somaagent.stack import Supervisor  # noqa: E402
+
+LOADS = {
+    "spin": "while True: pass",
+    "memory": "b = bytearray(64 << 20)\nwhile True: c = bytes(b)",
+    # busy 1 ms of every 5 (a fifth of the core, like the worker at c=1)
+    "duty20": "import time\nwhile True:\n t = time.perf_counter() + 0.001\n"
+    " while time.perf_counter() < t: pass\n time.sleep(0.004)",
+    # a thousand wake-ups a second that do nothing
+    "wakeups": "import time\nwhile True: time.sleep(0.001)",
+}
+KEYS = (
+    "rps",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "cpu_us_per_request",
+    "worker_cpu_share",
+    "broker_cpu_share",
+    "cpu0_busy",
+    "cpu0_steal",
+    "cpu1_busy",
+    "cpu1_steal",
+)
+
+
+@dataclass
+class Variant:
+    name: str
+    pythonpath: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    paused: bool = False
+    idle: bool = False
+    load: str = ""
+    port: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        name, _, spec = text.partition("=")
+        variant = cls(name)
+        for part in filter(None, spec.split(",")):
+            kind, _, value = part.partition(":")
+            if kind == "path":
+                variant.pythonpath = str(Path(value).resolve())
+            elif kind == "env":
+                key, _, val = value.partition("=")
+                variant.env[key] = val
+            elif kind == "load" and value in LOADS:
+                variant.load = value
+            elif kind in ("paused", "idle"):
+                setattr(variant, kind, True)
+            else:
+                raise SystemExit(f"unknown variant part {part!r} (path:, env:, paused, idle)")
+        return variant
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="+", help="NAME[=SPEC]; see the module docstring")
+    parser.add_argument("--levels", default="1,16")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured s per run")
+    return parser.parse_args()
+
+
+def start_variant(run: go.Run, variant: Variant, index: int) -> str:
+    """Start the variant's gateway on core 0; its chat URL."""
+    state = run.settings.state_dir
+    variant.port = run.settings.port("gateway_port") + 20 + index
+    env = {
+        **run.env,
+        **variant.env,
+        "SOMA_WORKER_IN_GATEWAY": "false",
+        "SOMA_GATEWAY_PORT": str(variant.port),
+        "SOMA_SPOOL_DIR": str(state / f"spool-{variant.name}"),
+    }
+    if variant.pythonpath:
+        env["PYTHONPATH"] = variant.pythonpath
+    name = f"gateway-{variant.name}"
+    run.children.start(name, run.gateway_argv, core=go.PROXY_CORE, env=env, cwd=go.ROOT)
+    run.children.wait_http(name, f"http://{go.HOST}:{variant.port}/v1/models", 120)
+    return f"http://{go.HOST}:{variant.port}/v1/chat/completions"
+
+
+def set_policy(pids: list[int], idle: bool) -> None:
+    """Every thread of these processes to ``SCHED_IDLE``, or back to nice 10."""
+    for root in pids:
+        for pid in descendants(root):
+            try:
+                tids = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+            except OSError:
+                continue
+            for tid in tids:
+                with contextlib.suppress(OSError):
+                    policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
+                    os.sched_setscheduler(tid, policy, os.sched_param(0))
+    if not idle:
+        deprioritize(pids, go.BACKGROUND_NICE)
+
+
+def measure_variant(
+    run: go.Run, variant: Variant, url: str, body: bytes, concurrency: int, background: list[int]
+) -> dict[str, Any]:
+    """One run of ``variant``; ``background``: the worker's and the broker's pids."""
+    worker = background[0]
+    if variant.paused:
+        os.kill(worker, signal.SIGSTOP)
+    if variant.idle:
+        set_policy(background, idle=True)
+    load = None
+    if variant.load:
+        load = subprocess.Popen([sys.executable, "-c", LOADS[variant.load]])
+        os.sched_setscheduler(load.pid, os.SCHED_IDLE, os.sched_param(0))
+    before = [cpu_seconds(pid) for pid in background]
+    try:
+        out = run.measure(variant.name, url, body, concurrency, pid_name=f"gateway-{variant.name}")
+        spent = [cpu_seconds(pid) - b for pid, b in zip(background, before, strict=True)]
+        # the warm-up and the measured window: what the worker and broker used per second
+        wall = run.last.elapsed_s + run.args.warmup
+        out["worker_cpu_share"] = round(spent[0] / wall, 3)
+        out["broker_cpu_share"] = round(sum(spent[1:]) / wall, 3)
+    finally:
+        if variant.paused:
+            os.kill(worker, signal.SIGCONT)
+        if variant.idle:
+            set_policy(background, idle=False)
+        if load is not None:
+            load.kill()
+            load.wait()
+    for core, shares in out.pop("cores", {}).items():
+        for kind, share in shares.items():
+            out[f"{core}_{kind}"] = share
+    ordered = sorted(run.last.latencies_ms)
+    out["p90_ms"] = round(ordered[int(len(ordered) * 0.9)], 3) if ordered else 0.0
+    return out
+
+
+def summarize(rows: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in ["direct", *names]:
+        med: dict[str, Any] = {
+            k: round(statistics.median(r[name].get(k, 0.0) for r in rows), 3) for k in KEYS
+        }
+        if name != "direct":
+            for k in ("p50_ms", "p99_ms"):
+                med[f"added_{k}"] = round(
+                    statistics.median(r[name][k] - r["direct"][k] for r in rows), 3
+                )
+            med["rounds_p99"] = [r[name]["p99_ms"] for r in rows]
+        out[name] = med
+    return out
+
+
+def main() -> None:
+    ns = parse_args()
+    variants = [Variant.parse(v) for v in ns.variants]
+    sys.argv = [sys.argv[0], "--no-real-model", "--levels", "", "--no-stream"]
+    sys.argv += ["--no-long-prompt", "--no-worker-inside", "--no-litellm"]
+    args = go.parse_args()
+    args.duration, args.warmup = ns.seconds, 1.0
+    os.sched_setaffinity(0, {go.CLIENT_CORE})
+    settings, env = go.prepare(args)
+    run = go.Run(args, settings, env)
+    supervisor = Supervisor(settings, progress=log)
+    started = time.monotonic()
+    report: dict[str, Any] = {"benchmark": "alternate", "machine": machine()}
+    try:
+        go.start_client_side(run, supervisor)
+        broker = supervisor.record("kafka")
+        background = [run.children.pid("worker"), *([broker.pid] if broker else [])]
+        report["budgets"] = go.create_budgets(run)
+        urls = {v.name: start_variant(run, v, i) for i, v in enumerate(variants)}
+        body = go.chat_body(go.FIXED_MODEL)
+        for v in variants:  # warm every gateway (connections, caches) before measuring
+            measure_variant(run, v, urls[v.name], body, 16, background)
+        report["levels"] = {}
+        for c in (int(x) for x in ns.levels.split(",") if x):
+            rows = []
+            for i in range(ns.rounds):
+                row = {"direct": run.measure("direct", run.upstream_url, body, c)}
+                for v in variants[i % len(variants) :] + variants[: i % len(variants)]:
+                    row[v.name] = measure_variant(run, v, urls[v.name], body, c, background)
+                rows.append(row)
+            report["levels"][str(c)] = summarize(rows, [v.name for v in variants])
+    finally:
+        run.children.stop_all()
+        supervisor.down()
+    report["config"] = {
+        "variants": [vars(v) for v in variants],
+        "rounds": ns.rounds,
+        "measured_s": ns.seconds,
+        "seconds_total": round(time.monotonic() - started, 1),
+    }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
