@@ -211,9 +211,7 @@ def test_a_server_that_does_not_speak_resp_fails_the_call_at_once() -> None:
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_a_deferred_script_leaves_with_the_next_command_in_order(
-    redis_url: str, loop: str
-) -> None:
+def test_a_deferred_script_leaves_with_the_next_command_in_order(redis_url: str, loop: str) -> None:
     async def scenario() -> None:
         client, observer = RespClient(redis_url), RespClient(redis_url)
         key = f"resp-test:{uuid.uuid4().hex}"
