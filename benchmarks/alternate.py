@@ -17,7 +17,10 @@ in Kafka), ``idle`` (the worker's and the broker's threads run under ``SCHED_IDL
 instead of nice 10 while that variant is measured) and ``load:spin`` / ``load:memory`` (a
 ``SCHED_IDLE`` process on the client core loops in registers, or copies 64 MiB buffers,
 while that variant is measured: does work on the other core slow the gateway's own?;
-``load:duty20`` is busy 1 ms in 5, ``load:wakeups`` wakes 1,000 times a second).
+``load:duty20`` is busy 1 ms in 5, ``load:wakeups`` wakes 1,000 times a second), and
+``gwcore`` (the worker moves to the gateway's core under ``SCHED_IDLE``: it runs only when
+the gateway waits, and leaves the client core to the load generator, Redis and the
+upstream).
 
 Usage: .venv/bin/python benchmarks/alternate.py base old=path:/tmp/old/src \\
            [--levels 1,16] [--rounds 4] [--seconds 6]
@@ -42,7 +45,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import gateway_overhead as go  # noqa: E402
-from _procs import cpu_seconds, deprioritize, descendants, log  # noqa: E402
+from _procs import cpu_seconds, deprioritize, descendants, log, pin  # noqa: E402
 from _report import machine  # noqa: E402
 
 from somaagent.stack import Supervisor  # noqa: E402
@@ -78,6 +81,7 @@ class Variant:
     env: dict[str, str] = field(default_factory=dict)
     paused: bool = False
     idle: bool = False
+    gwcore: bool = False
     load: str = ""
     port: int = 0
 
@@ -94,10 +98,12 @@ class Variant:
                 variant.env[key] = val
             elif kind == "load" and value in LOADS:
                 variant.load = value
-            elif kind in ("paused", "idle"):
+            elif kind in ("paused", "idle", "gwcore"):
                 setattr(variant, kind, True)
             else:
-                raise SystemExit(f"unknown variant part {part!r} (path:, env:, paused, idle)")
+                raise SystemExit(
+                    f"unknown variant part {part!r} (path:, env:, paused, idle, gwcore, load:)"
+                )
         return variant
 
 
@@ -154,6 +160,9 @@ def measure_variant(
         os.kill(worker, signal.SIGSTOP)
     if variant.idle:
         set_policy(background, idle=True)
+    if variant.gwcore:
+        pin([worker], go.PROXY_CORE)
+        set_policy([worker], idle=True)
     load = None
     if variant.load:
         load = subprocess.Popen([sys.executable, "-c", LOADS[variant.load]])
@@ -171,6 +180,9 @@ def measure_variant(
             os.kill(worker, signal.SIGCONT)
         if variant.idle:
             set_policy(background, idle=False)
+        if variant.gwcore:
+            pin([worker], go.CLIENT_CORE)
+            set_policy([worker], idle=False)
         if load is not None:
             load.kill()
             load.wait()

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
+import msgspec
 import psycopg
 
 from somaagent.domain.events import ConversationMetrics, EscalationInvocation, Event, SlmMetrics
+from somaagent.domain.money import SUM_CONTEXT
 
 __all__ = ["SessionDelta", "SessionSummaryStore", "summarise"]
 
@@ -72,36 +74,12 @@ def summarise(events: Sequence[Event]) -> dict[str, SessionDelta]:
         d.errors += int(failed)
         d.input_tokens += e.input_tokens
         d.output_tokens += e.output_tokens
-        d.cost_usd += e.cost_usd
+        d.cost_usd = SUM_CONTEXT.add(d.cost_usd, e.cost_usd)  # every digit (Decimal(38, 18))
         d.gpu_ms += e.gpu_ms
         d.latency_ms_sum += e.latency_ms
         d.latency_ms_max = max(d.latency_ms_max, e.latency_ms)
     return out
 
-
-_UPSERT = """
-INSERT INTO session_summaries AS s (session_id, tenant, persona, calls, errors, input_tokens,
-    output_tokens, cost_usd, gpu_ms, latency_ms_sum, latency_ms_max, turns, interrupts,
-    requeues, first_seen, last_seen)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[],
-    %s::bigint[], %s::bigint[], %s::numeric[], %s::float8[], %s::float8[], %s::float8[],
-    %s::bigint[], %s::bigint[], %s::bigint[], %s::timestamptz[], %s::timestamptz[])
-ON CONFLICT (session_id) DO UPDATE SET
-    calls = s.calls + EXCLUDED.calls,
-    errors = s.errors + EXCLUDED.errors,
-    input_tokens = s.input_tokens + EXCLUDED.input_tokens,
-    output_tokens = s.output_tokens + EXCLUDED.output_tokens,
-    cost_usd = s.cost_usd + EXCLUDED.cost_usd,
-    gpu_ms = s.gpu_ms + EXCLUDED.gpu_ms,
-    latency_ms_sum = s.latency_ms_sum + EXCLUDED.latency_ms_sum,
-    latency_ms_max = GREATEST(s.latency_ms_max, EXCLUDED.latency_ms_max),
-    turns = GREATEST(s.turns, EXCLUDED.turns),
-    interrupts = s.interrupts + EXCLUDED.interrupts,
-    requeues = s.requeues + EXCLUDED.requeues,
-    first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
-    last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen),
-    updated_at = now()
-"""
 
 _COLUMNS = (
     "tenant",
@@ -120,6 +98,35 @@ _COLUMNS = (
     "first_seen",
     "last_seen",
 )
+
+# The deltas travel as one JSON document (msgspec: Decimal as a string, so numeric gets the
+# exact digits; floats in shortest round-trip form; timestamps in RFC 3339): one parameter
+# instead of 16 arrays, which psycopg dumps element by element in Python.
+_UPSERT = """
+INSERT INTO session_summaries AS s (session_id, tenant, persona, calls, errors, input_tokens,
+    output_tokens, cost_usd, gpu_ms, latency_ms_sum, latency_ms_max, turns, interrupts,
+    requeues, first_seen, last_seen)
+SELECT * FROM json_to_recordset(%s::json) AS r(session_id text, tenant text, persona text,
+    calls bigint, errors bigint, input_tokens bigint, output_tokens bigint, cost_usd numeric,
+    gpu_ms float8, latency_ms_sum float8, latency_ms_max float8, turns bigint,
+    interrupts bigint, requeues bigint, first_seen timestamptz, last_seen timestamptz)
+ORDER BY r.session_id COLLATE "C"
+ON CONFLICT (session_id) DO UPDATE SET
+    calls = s.calls + EXCLUDED.calls,
+    errors = s.errors + EXCLUDED.errors,
+    input_tokens = s.input_tokens + EXCLUDED.input_tokens,
+    output_tokens = s.output_tokens + EXCLUDED.output_tokens,
+    cost_usd = s.cost_usd + EXCLUDED.cost_usd,
+    gpu_ms = s.gpu_ms + EXCLUDED.gpu_ms,
+    latency_ms_sum = s.latency_ms_sum + EXCLUDED.latency_ms_sum,
+    latency_ms_max = GREATEST(s.latency_ms_max, EXCLUDED.latency_ms_max),
+    turns = GREATEST(s.turns, EXCLUDED.turns),
+    interrupts = s.interrupts + EXCLUDED.interrupts,
+    requeues = s.requeues + EXCLUDED.requeues,
+    first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
+    last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen),
+    updated_at = now()
+"""
 
 
 class SessionSummaryStore:
@@ -153,10 +160,12 @@ class SessionSummaryStore:
                 ).fetchone()
                 if fresh is None:
                     return 0
-                ordered = sorted(deltas.items())  # a fixed lock order avoids deadlocks
-                columns = [[sid for sid, _ in ordered]]
-                columns += [[getattr(d, c) for _, d in ordered] for c in _COLUMNS]
-                conn.execute(_UPSERT, columns)
+                # ORDER BY in the statement: one lock order for every worker (no deadlocks)
+                rows = [
+                    {"session_id": sid, **{c: getattr(d, c) for c in _COLUMNS}}
+                    for sid, d in deltas.items()
+                ]
+                conn.execute(_UPSERT, (msgspec.json.encode(rows).decode(),))
         except psycopg.OperationalError:
             conn.close()
             raise

@@ -23,6 +23,7 @@ from typing import Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from somaagent.domain.identity import check_safe_name
+from somaagent.domain.money import SUM_CONTEXT, exact_sum
 
 __all__ = [
     "MAX_AMOUNT",
@@ -499,8 +500,8 @@ class WindowTotals:
         return cls(
             charges=len(charges),
             tokens=sum(c.tokens for c in charges),
-            cost_usd=sum((c.cost_usd for c in charges), Decimal(0)),
-            gpu_ms=sum((c.gpu_ms for c in charges), Decimal(0)),
+            cost_usd=exact_sum(c.cost_usd for c in charges),
+            gpu_ms=exact_sum(c.gpu_ms for c in charges),
             units=units,
         )
 
@@ -508,8 +509,8 @@ class WindowTotals:
         return WindowTotals(
             charges=self.charges + other.charges,
             tokens=self.tokens + other.tokens,
-            cost_usd=self.cost_usd + other.cost_usd,
-            gpu_ms=self.gpu_ms + other.gpu_ms,
+            cost_usd=SUM_CONTEXT.add(self.cost_usd, other.cost_usd),
+            gpu_ms=SUM_CONTEXT.add(self.gpu_ms, other.gpu_ms),
             units=self.units + other.units,
         )
 

@@ -24,6 +24,7 @@ from somaagent.domain.budgets import BudgetUnavailable
 from somaagent.domain.chat_request import ChatRequest, RequestError
 from somaagent.domain.events import Codec, Event
 from somaagent.domain.identity import Caller, RequestContext
+from somaagent.domain.money import exact_sum
 from somaagent.domain.ratecards import RateBook
 from somaagent.domain.routing import (
     Catalog,
@@ -547,7 +548,7 @@ class ChatService:
             "total_tokens": usage.total_tokens,
             "prompt_tokens_details": {"cached_tokens": usage.cached_tokens or 0},
         }
-        total = sum((r.cost_usd for r in records), Decimal(0))
+        total = exact_sum(r.cost_usd for r in records)
         headers = {
             **route_headers(record.entry),
             "x-soma-cost": f"{total:f}",

@@ -29,6 +29,7 @@ from somaagent.adapters.upstream import (
 )
 from somaagent.domain.chat_request import ChatRequest
 from somaagent.domain.identity import Caller, RequestContext
+from somaagent.domain.money import exact_sum
 from somaagent.domain.routing import Decision, ModelEntry
 from somaagent.service.admission import Admission
 from somaagent.service.call_events import CallRecord
@@ -312,5 +313,5 @@ class _Stream:
                 },
             }
             chunk = b"data: " + json.dumps(payload).encode() + b"\n\n"
-        total = sum((r.cost_usd for r in records), Decimal(0))
+        total = exact_sum(r.cost_usd for r in records)
         return total, chunk, notice

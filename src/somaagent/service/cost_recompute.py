@@ -20,7 +20,6 @@ last row of the previous page.
 
 from __future__ import annotations
 
-import decimal
 import re
 import struct
 from collections import Counter
@@ -31,6 +30,7 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from somaagent.domain.money import SUM_CONTEXT
 from somaagent.domain.pricing import COST_QUANTUM, call_cost
 from somaagent.domain.ratecards import RateBook
 
@@ -49,9 +49,8 @@ RECOMPUTED_TABLES = ("slm_metrics", "escalation_metrics")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _CH_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?")
-# Totals are exact: 60 digits hold any realistic sum of Decimal(38, 18) amounts, and a sum
-# that would need rounding raises (Inexact is trapped) instead of drifting.
-_SUM = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN, traps=[decimal.Inexact])
+# Totals are exact (domain.money: 60 digits, Inexact trapped).
+_SUM = SUM_CONTEXT
 
 
 class EventQuery(Protocol):
