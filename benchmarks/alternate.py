@@ -47,6 +47,7 @@ sys.path.insert(0, str(BENCH))
 import gateway_overhead as go  # noqa: E402
 from _procs import cpu_seconds, deprioritize, descendants, log, pin  # noqa: E402
 from _report import machine  # noqa: E402
+from redis import Redis  # noqa: E402
 
 from somaagent.stack import Supervisor  # noqa: E402
 
@@ -67,6 +68,7 @@ KEYS = (
     "cpu_us_per_request",
     "worker_cpu_share",
     "broker_cpu_share",
+    "redis_reads_per_call",
     "cpu0_busy",
     "cpu0_steal",
     "cpu1_busy",
@@ -168,8 +170,14 @@ def measure_variant(
         load = subprocess.Popen([sys.executable, "-c", LOADS[variant.load]])
         os.sched_setscheduler(load.pid, os.SCHED_IDLE, os.sched_param(0))
     before = [cpu_seconds(pid) for pid in background]
+    redis = Redis.from_url(run.settings.url("redis_url"))
+    reads = int(redis.info("stats")["total_reads_processed"])
     try:
         out = run.measure(variant.name, url, body, concurrency, pid_name=f"gateway-{variant.name}")
+        # warm-up included: reads Redis served per answered call (a settle sharing the
+        # next reservation's write makes one read of two commands)
+        served = int(redis.info("stats")["total_reads_processed"]) - reads
+        out["redis_reads_per_call"] = round(served / max(1, run.last.ok_total), 3)
         spent = [cpu_seconds(pid) - b for pid, b in zip(background, before, strict=True)]
         # the warm-up and the measured window: what the worker and broker used per second
         wall = run.last.elapsed_s + run.args.warmup
