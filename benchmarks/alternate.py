@@ -7,20 +7,25 @@ policy and telemetry on, the worker in its own process at nice 10 on the client 
 runs one gateway per variant side by side (each on its own port, spool and core 0); each
 round measures the upstream directly, then every variant (in a rotating order), at each
 concurrency. Output: one JSON object with per-variant medians over the rounds (req/s,
-p50/p90/p99, added p50/p99 against the round's direct run, CPU per call).
+p50/p90/p99, added p50/p99 against the round's direct run, the gateway's CPU per call, the
+worker's and the broker's share of a core, Redis reads per answered call, per-core busy
+and steal).
 
 A variant is ``NAME`` or ``NAME=SPEC``; SPEC is a comma-separated list of
-``path:DIR`` (the gateway imports ``somaagent`` from DIR, e.g. a ``git worktree``'s
-``src``), ``env:KEY=VALUE`` (extra environment for that gateway), ``paused`` (the
-telemetry worker is stopped with SIGSTOP while that variant is measured; its events wait
-in Kafka), ``idle`` (the worker's and the broker's threads run under ``SCHED_IDLE``
-instead of nice 10 while that variant is measured) and ``load:spin`` / ``load:memory`` (a
-``SCHED_IDLE`` process on the client core loops in registers, or copies 64 MiB buffers,
-while that variant is measured: does work on the other core slow the gateway's own?;
-``load:duty20`` is busy 1 ms in 5, ``load:wakeups`` wakes 1,000 times a second), and
-``gwcore`` (the worker moves to the gateway's core under ``SCHED_IDLE``: it runs only when
-the gateway waits, and leaves the client core to the load generator, Redis and the
-upstream).
+
+* ``path:DIR``: the gateway imports ``somaagent`` from DIR (e.g. a ``git worktree``'s src);
+* ``env:KEY=VALUE``: extra environment for that gateway;
+* ``paused``: the telemetry worker is stopped (SIGSTOP) while the variant is measured; its
+  events wait in Kafka;
+* ``idle``: the worker's and the broker's threads run under ``SCHED_IDLE`` instead of nice
+  10 while the variant is measured;
+* ``gwcore``: the worker moves to the gateway's core under ``SCHED_IDLE`` (it runs only when
+  the gateway waits, and leaves the client core to the load generator, Redis and the
+  upstream);
+* ``load:spin`` / ``load:memory`` / ``load:duty20`` / ``load:wakeups``: a ``SCHED_IDLE``
+  process on the client core busy-loops, copies 64 MiB buffers, is busy 1 ms in 5, or wakes
+  1,000 times a second doing nothing, while the variant is measured (does work on the
+  other core slow the gateway's own?).
 
 Usage: .venv/bin/python benchmarks/alternate.py base old=path:/tmp/old/src \\
            [--levels 1,16] [--rounds 4] [--seconds 6]
@@ -51,14 +56,17 @@ from redis import Redis  # noqa: E402
 
 from somaagent.stack import Supervisor  # noqa: E402
 
+# Each synthetic load ends by itself after 10 minutes, should this process die without
+# killing it.
+_BOUND = "import time\nend = time.monotonic() + 600\n"
 LOADS = {
-    "spin": "while True: pass",
-    "memory": "b = bytearray(64 << 20)\nwhile True: c = bytes(b)",
+    "spin": _BOUND + "while time.monotonic() < end: pass",
+    "memory": _BOUND + "b = bytearray(64 << 20)\nwhile time.monotonic() < end: c = bytes(b)",
     # busy 1 ms of every 5 (a fifth of the core, like the worker at c=1)
-    "duty20": "import time\nwhile True:\n t = time.perf_counter() + 0.001\n"
+    "duty20": _BOUND + "while time.monotonic() < end:\n t = time.perf_counter() + 0.001\n"
     " while time.perf_counter() < t: pass\n time.sleep(0.004)",
     # a thousand wake-ups a second that do nothing
-    "wakeups": "import time\nwhile True: time.sleep(0.001)",
+    "wakeups": _BOUND + "while time.monotonic() < end: time.sleep(0.001)",
 }
 KEYS = (
     "rps",

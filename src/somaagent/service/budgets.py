@@ -443,7 +443,7 @@ class BudgetService:
                 else:
                     # Queued now, inside the gate, ahead of any later command on the
                     # counters; it leaves with this process's next Redis command or within
-                    # the counters' deferral (2 ms), and its reply is awaited in the
+                    # the counters' deferral (budget_settle_defer_ms), its reply awaited in the
                     # background (until then the id is what a rebuild counts as finished
                     # here, Redis not told yet).
                     self._unsettled[rid] = r
