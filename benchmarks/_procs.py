@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-__all__ = ["Children", "cpu_seconds", "log"]
+__all__ = ["Children", "cpu_seconds", "deprioritize", "log", "pin", "set_idle", "threads"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -128,15 +128,32 @@ def pin(pids: list[int], core: int) -> None:
             )
 
 
-def deprioritize(pids: list[int], niceness: int) -> None:
-    """Lower the scheduling priority of every thread of these processes and of their
-    descendants (on Linux a nice value is per thread; threads started later inherit it)."""
+def threads(pids: list[int]) -> list[int]:
+    """Every thread id of these processes and of their descendants."""
+    tids: list[int] = []
     for root in pids:
         for pid in descendants(root):
             try:
-                tids = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+                tids += [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
             except OSError:
                 continue
-            for tid in tids:
-                with contextlib.suppress(OSError):
-                    os.setpriority(os.PRIO_PROCESS, tid, niceness)
+    return tids
+
+
+def deprioritize(pids: list[int], niceness: int) -> None:
+    """Lower the scheduling priority of every thread of these processes and of their
+    descendants (on Linux a nice value is per thread; threads started later inherit it)."""
+    for tid in threads(pids):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, tid, niceness)
+
+
+def set_idle(pids: list[int], idle: bool, niceness: int) -> None:
+    """Every thread of these processes (and descendants) to ``SCHED_IDLE``, or back to the
+    normal policy at ``niceness``."""
+    policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
+    for tid in threads(pids):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(tid, policy, os.sched_param(0))
+    if not idle:
+        deprioritize(pids, niceness)

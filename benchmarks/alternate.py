@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,11 +51,9 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import gateway_overhead as go  # noqa: E402
-from _procs import cpu_seconds, deprioritize, descendants, log, pin  # noqa: E402
+from _procs import cpu_seconds, pin, set_idle  # noqa: E402
 from _report import machine  # noqa: E402
 from redis import Redis  # noqa: E402
-
-from somaagent.stack import Supervisor  # noqa: E402
 
 # Each synthetic load ends by itself after 10 minutes, should this process die without
 # killing it.
@@ -145,42 +144,38 @@ def start_variant(run: go.Run, variant: Variant, index: int) -> str:
     return f"http://{go.HOST}:{variant.port}/v1/chat/completions"
 
 
-def set_policy(pids: list[int], idle: bool) -> None:
-    """Every thread of these processes to ``SCHED_IDLE``, or back to nice 10."""
-    for root in pids:
-        for pid in descendants(root):
-            try:
-                tids = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
-            except OSError:
-                continue
-            for tid in tids:
-                with contextlib.suppress(OSError):
-                    policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
-                    os.sched_setscheduler(tid, policy, os.sched_param(0))
-    if not idle:
-        deprioritize(pids, go.BACKGROUND_NICE)
+@contextlib.contextmanager
+def conditions(variant: Variant, background: list[int]) -> Iterator[None]:
+    """The variant's conditions on the worker and the client core, undone afterwards."""
+    worker, nice = background[0], go.BACKGROUND_NICE
+    with contextlib.ExitStack() as undo:
+        if variant.paused:
+            os.kill(worker, signal.SIGSTOP)
+            undo.callback(os.kill, worker, signal.SIGCONT)
+        if variant.idle:
+            set_idle(background, True, nice)
+            undo.callback(set_idle, background, False, nice)
+        if variant.gwcore:  # undone last in, first out: back to nice 10, then to core 1
+            pin([worker], go.PROXY_CORE)
+            undo.callback(pin, [worker], go.CLIENT_CORE)
+            set_idle([worker], True, nice)
+            undo.callback(set_idle, [worker], False, nice)
+        if variant.load:
+            load = subprocess.Popen([sys.executable, "-c", LOADS[variant.load]])
+            os.sched_setscheduler(load.pid, os.SCHED_IDLE, os.sched_param(0))
+            undo.callback(load.wait)
+            undo.callback(load.kill)
+        yield
 
 
 def measure_variant(
     run: go.Run, variant: Variant, url: str, body: bytes, concurrency: int, background: list[int]
 ) -> dict[str, Any]:
     """One run of ``variant``; ``background``: the worker's and the broker's pids."""
-    worker = background[0]
-    if variant.paused:
-        os.kill(worker, signal.SIGSTOP)
-    if variant.idle:
-        set_policy(background, idle=True)
-    if variant.gwcore:
-        pin([worker], go.PROXY_CORE)
-        set_policy([worker], idle=True)
-    load = None
-    if variant.load:
-        load = subprocess.Popen([sys.executable, "-c", LOADS[variant.load]])
-        os.sched_setscheduler(load.pid, os.SCHED_IDLE, os.sched_param(0))
     before = [cpu_seconds(pid) for pid in background]
     redis = Redis.from_url(run.settings.url("redis_url"))
     reads = int(redis.info("stats")["total_reads_processed"])
-    try:
+    with conditions(variant, background):
         out = run.measure(variant.name, url, body, concurrency, pid_name=f"gateway-{variant.name}")
         # warm-up included: reads Redis served per answered call (a settle sharing the
         # next reservation's write makes one read of two commands)
@@ -191,17 +186,7 @@ def measure_variant(
         wall = run.last.elapsed_s + run.args.warmup
         out["worker_cpu_share"] = round(spent[0] / wall, 3)
         out["broker_cpu_share"] = round(sum(spent[1:]) / wall, 3)
-    finally:
-        if variant.paused:
-            os.kill(worker, signal.SIGCONT)
-        if variant.idle:
-            set_policy(background, idle=False)
-        if variant.gwcore:
-            pin([worker], go.CLIENT_CORE)
-            set_policy([worker], idle=False)
-        if load is not None:
-            load.kill()
-            load.wait()
+    redis.close()
     for core, shares in out.pop("cores", {}).items():
         for kind, share in shares.items():
             out[f"{core}_{kind}"] = share
@@ -229,14 +214,7 @@ def summarize(rows: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
 def main() -> None:
     ns = parse_args()
     variants = [Variant.parse(v) for v in ns.variants]
-    sys.argv = [sys.argv[0], "--no-real-model", "--levels", "", "--no-stream"]
-    sys.argv += ["--no-long-prompt", "--no-worker-inside", "--no-litellm"]
-    args = go.parse_args()
-    args.duration, args.warmup = ns.seconds, 1.0
-    os.sched_setaffinity(0, {go.CLIENT_CORE})
-    settings, env = go.prepare(args)
-    run = go.Run(args, settings, env)
-    supervisor = Supervisor(settings, progress=log)
+    run, supervisor = go.held_run(ns.seconds, litellm=False)
     started = time.monotonic()
     report: dict[str, Any] = {"benchmark": "alternate", "machine": machine()}
     try:

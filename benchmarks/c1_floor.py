@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -37,10 +36,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import gateway_overhead as go  # noqa: E402
-from _procs import log  # noqa: E402
 from _report import machine, ratio  # noqa: E402
-
-from somaagent.stack import Supervisor  # noqa: E402
 
 TARGETS = ("direct", "floor", "floor_redis", "gateway", "litellm")
 
@@ -100,14 +96,7 @@ def summarize(rows: list[dict[str, Any]], targets: list[str]) -> dict[str, Any]:
 
 def main() -> None:
     ns = parse_args()
-    sys.argv = [sys.argv[0], "--no-real-model", "--levels", "", "--no-stream"]
-    sys.argv += ["--no-long-prompt", "--no-worker-inside"]
-    args = go.parse_args()
-    args.duration, args.warmup = ns.seconds, 1.0
-    os.sched_setaffinity(0, {go.CLIENT_CORE})
-    settings, env = go.prepare(args)
-    run = go.Run(args, settings, env)
-    supervisor = Supervisor(settings, progress=log)
+    run, supervisor = go.held_run(ns.seconds, litellm=True)
     started = time.monotonic()
     report: dict[str, Any] = {"benchmark": "c1_floor", "machine": machine()}
     try:

@@ -485,6 +485,20 @@ def start_client_side(run: Run, supervisor: Supervisor) -> None:
     deprioritize([run.children.pid("worker"), *([broker.pid] if broker else [])], BACKGROUND_NICE)
 
 
+def held_run(seconds: float, *, litellm: bool) -> tuple[Run, Supervisor]:
+    """A run of this benchmark's stack for another script that measures its own way
+    (``c1_floor.py``, ``alternate.py``): ``seconds`` measured per run, 1 s of warm-up, no
+    levels of its own; this process pinned to the client core."""
+    argv = ["--no-real-model", "--levels", "", "--no-stream", "--no-long-prompt"]
+    argv += ["--no-worker-inside", *([] if litellm else ["--no-litellm"])]
+    sys.argv = [sys.argv[0], *argv]
+    args = parse_args()
+    args.duration, args.warmup = seconds, 1.0
+    os.sched_setaffinity(0, {CLIENT_CORE})
+    settings, env = prepare(args)
+    return Run(args, settings, env), Supervisor(settings, progress=log)
+
+
 def measure_all(run: Run, supervisor: Supervisor, report: dict[str, Any]) -> None:
     """Every measurement of the run, in order, into ``report``."""
     args = run.args
