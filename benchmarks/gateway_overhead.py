@@ -278,14 +278,17 @@ def level(
 
 
 def alternate(run: Run, url: str, body: bytes, *, think_s: float) -> dict[str, Any]:
-    """Direct and through the gateway in alternating rounds (direct, gateway, direct,
-    gateway) so drift hits both alike; ``think_s``: clients pause before each request."""
-    c, seconds = run.args.real_concurrency, run.args.real_duration
+    """Direct and through the gateway in ``--real-rounds`` short rounds, in ABBA order
+    (direct, gateway, gateway, direct, ...), so the model's own drift (its throughput moved
+    by up to 15% between consecutive 15 s runs of the same load) falls on both alike;
+    ``think_s``: clients pause before each request."""
+    c, seconds, rounds = run.args.real_concurrency, run.args.real_duration, run.args.real_rounds
     usage = ("x-soma-usage-source", "reported")
     both: dict[str, LevelResult] = {"direct": LevelResult(c), "gateway": LevelResult(c)}
+    windows: dict[str, list[float]] = {"direct": [], "gateway": []}
     pid_cpu = 0.0
-    for _ in range(2):
-        for target in ("direct", "gateway"):
+    for i in range(rounds):
+        for target in ("direct", "gateway") if i % 2 == 0 else ("gateway", "direct"):
             out = run.measure(
                 target,
                 url if target == "direct" else run.gateway_url,
@@ -293,10 +296,11 @@ def alternate(run: Run, url: str, body: bytes, *, think_s: float) -> dict[str, A
                 c,
                 pid_name="gateway" if target == "gateway" else None,
                 expect_header=usage if target == "gateway" else None,
-                duration_s=seconds / 2,
-                warmup_s=4.0,
+                duration_s=seconds / rounds,
+                warmup_s=2.0,
                 think_s=think_s,
             )
+            windows[target].append(out["rps"])
             merged = both[target]
             merged.latencies_ms += run.last.latencies_ms
             merged.elapsed_s += run.last.elapsed_s
@@ -313,6 +317,7 @@ def alternate(run: Run, url: str, body: bytes, *, think_s: float) -> dict[str, A
         "direct": direct,
         "gateway": added(gateway, direct),
         "gateway_rps_over_direct": ratio(gateway["rps"], direct["rps"]),
+        "rps_by_round": windows,
     }
 
 
@@ -337,6 +342,9 @@ def real_model(run: Run, supervisor: Supervisor) -> dict[str, Any]:
     try:
         url = run.settings.url("primary_model_url") + "/chat/completions"
         body = chat_body(REAL_MODEL, max_tokens=32)
+        # The model's first seconds of load run slower (a first window measured ~40% below
+        # the next): warm it up, unmeasured, before either side is timed.
+        run.measure("direct", url, body, run.args.real_concurrency, duration_s=5, warmup_s=1)
         lockstep = alternate(run, url, body, think_s=0.0)
         users = alternate(run, url, body, think_s=REAL_THINK_S)
         return {
@@ -409,6 +417,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--real-concurrency", type=int, default=4)
     parser.add_argument("--real-duration", type=float, default=30.0, help="measured s per side")
+    parser.add_argument("--real-rounds", type=int, default=4, help="direct/gateway rounds")
     return parser.parse_args()
 
 
