@@ -35,8 +35,8 @@ def test_summaries_keep_every_digit_and_apply_once_per_batch(
     slm = next(e for e in examples() if isinstance(e, SlmMetrics))
     turn = next(e for e in examples() if isinstance(e, ConversationMetrics))
     prefix = f"sess-{uuid.uuid4().hex[:10]}"
-    # Digits a float or a rounded numeric would lose: 20 integer and 18 fraction digits,
-    # floats whose sum is not a short decimal, microsecond timestamps.
+    # Digits a float or a 28-digit context would lose (35 significant, 18 of them fraction
+    # digits), floats whose sum is not a short decimal, microsecond timestamps.
     costs = [Money("12345678901234567.123456789012345678"), Money("0.000000000000000001")]
     events = []
     for i in range(sessions):

@@ -81,27 +81,10 @@ def summarise(events: Sequence[Event]) -> dict[str, SessionDelta]:
     return out
 
 
-_COLUMNS = (
-    "tenant",
-    "persona",
-    "calls",
-    "errors",
-    "input_tokens",
-    "output_tokens",
-    "cost_usd",
-    "gpu_ms",
-    "latency_ms_sum",
-    "latency_ms_max",
-    "turns",
-    "interrupts",
-    "requeues",
-    "first_seen",
-    "last_seen",
-)
-
-# The deltas travel as one JSON document (msgspec: Decimal as a string, so numeric gets the
-# exact digits; floats in shortest round-trip form; timestamps in RFC 3339): one parameter
-# instead of 16 arrays, which psycopg dumps element by element in Python.
+# The deltas travel as one JSON document, a row per session: its id and its SessionDelta's
+# fields (msgspec: Decimal as a string, so numeric gets the exact digits; floats in shortest
+# round-trip form; timestamps in RFC 3339). One parameter instead of 16 arrays, which
+# psycopg dumps element by element in Python.
 _UPSERT = """
 INSERT INTO session_summaries AS s (session_id, tenant, persona, calls, errors, input_tokens,
     output_tokens, cost_usd, gpu_ms, latency_ms_sum, latency_ms_max, turns, interrupts,
@@ -161,10 +144,7 @@ class SessionSummaryStore:
                 if fresh is None:
                     return 0
                 # ORDER BY in the statement: one lock order for every worker (no deadlocks)
-                rows = [
-                    {"session_id": sid, **{c: getattr(d, c) for c in _COLUMNS}}
-                    for sid, d in deltas.items()
-                ]
+                rows = [{"session_id": sid, **vars(d)} for sid, d in deltas.items()]
                 conn.execute(_UPSERT, (msgspec.json.encode(rows).decode(),))
         except psycopg.OperationalError:
             conn.close()

@@ -49,8 +49,6 @@ RECOMPUTED_TABLES = ("slm_metrics", "escalation_metrics")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _CH_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?")
-# Totals are exact (domain.money: 60 digits, Inexact trapped).
-_SUM = SUM_CONTEXT
 
 
 class EventQuery(Protocol):
@@ -166,7 +164,7 @@ class _Tally:
         model_id, version = str(row["model_id"]), str(row["rate_card_version"])
         stored = Decimal(str(row["cost_text"]))
         self.rows += 1
-        self.stored = _SUM.add(self.stored, stored)
+        self.stored = SUM_CONTEXT.add(self.stored, stored)
         self.versions[version] += 1
         entry = book.get(model_id, version)
         if entry is None:
@@ -181,7 +179,7 @@ class _Tally:
             cached_tokens=int(row["cached_tokens"]),
             gpu_ms=_float_from_bits(int(row["gpu_ms_bits"])),
         )
-        self.recomputed = _SUM.add(self.recomputed, cost)
+        self.recomputed = SUM_CONTEXT.add(self.recomputed, cost)
         if cost != stored:
             self.mismatch_count += 1
             if len(self.mismatches) < self.max_listed:
@@ -286,7 +284,7 @@ def _float_from_bits(bits: int) -> float:
 
 def _usd(amount: Decimal) -> str:
     """18 fraction digits, as events carry ``cost_usd`` (ClickHouse prints fewer)."""
-    return format(_SUM.quantize(amount, COST_QUANTUM), "f")
+    return format(SUM_CONTEXT.quantize(amount, COST_QUANTUM), "f")
 
 
 def _iso(instant: datetime) -> str:
