@@ -13,6 +13,7 @@ with the level's requests/s and CPU per request):
   counts and the cost of each stage (route, admit, account...), inflated alike.
 
 Usage: .venv/bin/python benchmarks/gateway_profile.py [--seconds 10] [--out stacks.txt]
+       [--stream] [--long-prompt]  (streamed calls; the 4,000-character prompt)
        .venv/bin/python benchmarks/gateway_profile.py --cprofile /tmp/gateway.prof
 """
 
@@ -99,6 +100,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--blocking", action="store_true", help="pause the gateway per sample")
     parser.add_argument("--native", action="store_true", help="C frames too (py-spy --native)")
     parser.add_argument("--cprofile", type=Path, default=None, help="profile file to write")
+    parser.add_argument("--stream", action="store_true", help="streamed calls (include_usage)")
+    parser.add_argument("--long-prompt", action="store_true", help="the 4,000-character prompt")
     parser.add_argument(
         "--perf", type=Path, default=None, help="also record with perf (cpu-clock) into this file"
     )
@@ -180,7 +183,8 @@ def main() -> None:
             wrapper = str(BENCH / "_cprofile_gateway.py")
             run.gateway_argv = [sys.executable, wrapper, str(ns.cprofile.resolve())]
         run.start_gateway(worker_inside=False)
-        body = go.chat_body(go.FIXED_MODEL)
+        prompt = go.LONG_PROMPT if ns.long_prompt else None
+        body = go.chat_body(go.FIXED_MODEL, stream=ns.stream, prompt=prompt)
         run.measure("gateway", run.gateway_url, body, ns.concurrency, duration_s=3.0)
         out |= with_cprofile(ns, run, body) if ns.cprofile else with_py_spy(ns, run, body)
     finally:

@@ -7,6 +7,7 @@ llama-servers). Every async scenario runs in its own ``asyncio.run``.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 import time
@@ -346,3 +347,47 @@ def test_slow_upstream_is_a_timeout_error(stack: Settings) -> None:
     for error in run(scenario()):
         assert (error.kind, error.status) == ("timeout", None)
     wait_idle(url)
+
+
+def _burst_stream() -> bytes:
+    """A whole SSE answer (three content chunks, the usage chunk, ``[DONE]``)."""
+    pieces = [{"choices": [{"index": 0, "delta": {"content": w}}]} for w in ("a", "b", "c")]
+    pieces[-1]["choices"][0]["finish_reason"] = "stop"
+    usage = {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+    events = [*pieces, {"choices": [], "usage": usage}]
+    body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+    return body + b"data: [DONE]\n\n"
+
+
+def test_chunks_of_one_network_read_say_that_more_follow_at_once() -> None:
+    """An upstream that writes a whole stream at once (a fast server, or a burst of tokens):
+    chunks of the same read but the last are marked ``more``, so the gateway relays them in
+    one write; the last never is, so no chunk waits for another."""
+    body = _burst_stream()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+        await reader.readexactly(length)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%b" % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> list[StreamChunk]:
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with UpstreamClient(f"http://127.0.0.1:{port}/v1") as client:
+                chunks, summary = await collect(client, chat_body("m", PROMPTS["system"], 3))
+        finally:
+            server.close()
+            await server.wait_closed()
+        assert summary.completed and summary.usage is not None
+        return chunks
+
+    chunks = run(scenario())
+    assert [c.raw for c in chunks] == [line[6:] for line in body.split(b"\n\n")[:4]]
+    assert chunks[-1].more is False and any(c.more for c in chunks)

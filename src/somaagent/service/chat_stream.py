@@ -184,6 +184,9 @@ class _Stream:
     ) -> AsyncGenerator[bytes, None]:
         summary: StreamSummary | None = None
         finished = False
+        # Chunks that came in one network read leave in one write (a burst from the
+        # upstream, or one whole answer from a fast one); nothing waits for company.
+        pending: list[bytes] = []
         try:
             event: StreamEvent | None = first
             while event is not None:
@@ -192,17 +195,18 @@ class _Stream:
                     break
                 out = self._forward(event)
                 if out:
-                    yield out
+                    pending.append(out)
+                if pending and not event.more:
+                    yield b"".join(pending)
+                    pending = []
                 event = await upstream.__anext__()
             assert summary is not None
             cost, usage_chunk, notice = await self._settle(summary, interrupted=False)
-            if usage_chunk:
-                yield usage_chunk
             trailer = {"cost_usd": f"{cost:f}"}
             if notice:
                 trailer["escalation_notice"] = notice
-            yield b": soma " + json.dumps(trailer).encode() + b"\n\n"
-            yield _DONE
+            pending += [usage_chunk, b": soma " + json.dumps(trailer).encode() + b"\n\n", _DONE]
+            yield b"".join(pending)
             finished = True
         except UpstreamError as exc:
             summary = self.acc.summary()
@@ -214,7 +218,8 @@ class _Stream:
                     "code": "upstream_error",
                 }
             }
-            yield b"data: " + json.dumps(err).encode() + b"\n\n"
+            pending.append(b"data: " + json.dumps(err).encode() + b"\n\n")
+            yield b"".join(pending)
             finished = True
         finally:
             if not finished:

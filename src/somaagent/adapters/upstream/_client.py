@@ -72,13 +72,13 @@ def _json_object(raw: bytes, url: str) -> dict[str, Any]:
     return data
 
 
-def _stream_chunk(payload: bytes, url: str) -> StreamChunk:
+def _stream_chunk(payload: bytes, url: str, more: bool = False) -> StreamChunk:
     data = _json_object(payload, url)
     error = data.get("error")
     if error is not None:  # llama-server and vLLM report failures midway as an error chunk
         status = error.get("code") if isinstance(error, dict) else None
         raise from_status(status if isinstance(status, int) else 500, payload, url)
-    return StreamChunk(payload, data)
+    return StreamChunk(payload, data, more)
 
 
 class UpstreamClient:
@@ -289,8 +289,8 @@ class UpstreamClient:
             if response.status >= 400:
                 raise from_status(response.status, await response.read(), url)
             async with aclosing(_payloads(response, acc, url)) as payloads:
-                async for payload in payloads:
-                    chunk = _stream_chunk(payload, url)
+                async for payload, more in payloads:
+                    chunk = _stream_chunk(payload, url, more)
                     acc.observe(chunk.data)
                     yield chunk
             acc.end(completed=True)
@@ -316,8 +316,9 @@ class UpstreamClient:
 
 async def _payloads(
     response: aiohttp.ClientResponse, acc: StreamAccumulator, url: str
-) -> AsyncGenerator[bytes, None]:
-    """The SSE payloads of a chunk stream up to ``[DONE]``; what follows it is drained."""
+) -> AsyncGenerator[tuple[bytes, bool], None]:
+    """The SSE payloads of a chunk stream up to ``[DONE]``, each with whether another one
+    of the same network read follows it; what follows ``[DONE]`` is drained."""
     decoder = SseDecoder()
     done = False
     async for piece in response.content.iter_any():
@@ -325,13 +326,22 @@ async def _payloads(
             payloads = decoder.feed(piece)
         except ValueError as exc:
             raise UpstreamError("protocol", f"{url}: {exc}") from None
-        for payload in payloads:
-            done = done or payload == _DONE
-            if not done:
-                yield payload
-    for payload in decoder.finish():
-        done = done or payload == _DONE
-        if not done:
-            yield payload
+        kept, done = _before_done(payloads, done)
+        last = len(kept) - 1
+        for i, payload in enumerate(kept):
+            yield payload, i < last
+    kept, done = _before_done(decoder.finish(), done)
+    last = len(kept) - 1
+    for i, payload in enumerate(kept):
+        yield payload, i < last
     if not done and not acc.finished_choices:
         raise UpstreamError("protocol", f"{url}: stream ended before [DONE] or a finish reason")
+
+
+def _before_done(payloads: list[bytes], done: bool) -> tuple[list[bytes], bool]:
+    """The payloads before ``[DONE]`` (none once it was seen) and whether it has been."""
+    if done:
+        return [], True
+    if _DONE in payloads:
+        return payloads[: payloads.index(_DONE)], True
+    return payloads, False

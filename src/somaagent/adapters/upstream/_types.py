@@ -118,10 +118,15 @@ class UpstreamResult:
 
 @dataclass(frozen=True, slots=True)
 class StreamChunk:
-    """One SSE ``data:`` payload, verbatim (``raw``) and parsed (``data``)."""
+    """One SSE ``data:`` payload, verbatim (``raw``) and parsed (``data``).
+
+    ``more``: another chunk arrived in the same network read and follows at once, so a
+    relay loses nothing by writing both together (nothing waits for it).
+    """
 
     raw: bytes
     data: dict[str, Any]
+    more: bool = False
 
     @property
     def usage_only(self) -> bool:

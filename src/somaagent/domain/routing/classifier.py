@@ -415,7 +415,7 @@ def _code(texts: Sequence[str]) -> tuple[int, int]:
             if lx.FENCE_LINE.match(line):
                 fence_lines += 1
                 inside = not inside
-            elif inside or lx.CODE_LINE.search(line):
+            elif inside or lx.is_code_line(line):
                 code_lines += 1
         if inside:
             fence_lines += 1  # close it, so each block counts two fence lines

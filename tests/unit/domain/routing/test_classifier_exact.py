@@ -180,3 +180,19 @@ def test_unicode_letters_that_regex_folds_to_ascii_do_not_crash() -> None:
         assert 0 <= result.risk.value <= 1
     risky = classify_messages([{"role": "user", "content": "share the ſecret password"}])
     assert risky.risk.value > 0
+
+
+def test_code_line_check_equals_the_regular_expression() -> None:
+    rng = random.Random(11)
+    pieces = [
+        *("def ", "class ", "from x import ", "from  import ", "return", "returns", "SELECT "),
+        *("#include", "DELETE FROM ", "let ", "var", "import", "function "),
+        *(";", "{", "}", "(", ")", ":", "=>", "=", ">", " ", "\t", "\u00a0", "\x1f", "\u3000"),
+        *("word", "Prose, with a clause", "x", "9", "é", "-", "_"),
+    ]
+    lines = ["", " ", "):", ") :", "f(x)::", "a;  ", " \u00a0}", "  def f():"]
+    for _ in range(60_000):
+        line = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        lines += line.splitlines() or [line]
+    for line in lines:
+        assert lx.is_code_line(line) == bool(lx.CODE_LINE.search(line)), repr(line)
