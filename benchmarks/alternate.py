@@ -122,6 +122,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--levels", default="1,16")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=6.0, help="measured s per run")
+    parser.add_argument("--stream", action="store_true", help="streamed calls (include_usage)")
+    parser.add_argument("--long-prompt", action="store_true", help="the 4,000-character prompt")
     return parser.parse_args()
 
 
@@ -223,7 +225,8 @@ def main() -> None:
         background = [run.children.pid("worker"), *([broker.pid] if broker else [])]
         report["budgets"] = go.create_budgets(run)
         urls = {v.name: start_variant(run, v, i) for i, v in enumerate(variants)}
-        body = go.chat_body(go.FIXED_MODEL)
+        prompt = go.LONG_PROMPT if ns.long_prompt else None
+        body = go.chat_body(go.FIXED_MODEL, stream=ns.stream, prompt=prompt)
         for v in variants:  # warm every gateway (connections, caches) before measuring
             measure_variant(run, v, urls[v.name], body, 16, background)
         report["levels"] = {}
