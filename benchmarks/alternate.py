@@ -28,7 +28,10 @@ A variant is ``NAME`` or ``NAME=SPEC``; SPEC is a comma-separated list of
   other core slow the gateway's own?).
 
 Usage: .venv/bin/python benchmarks/alternate.py base old=path:/tmp/old/src \\
-           [--levels 1,16] [--rounds 4] [--seconds 6]
+           [--levels 1,16] [--rounds 4] [--seconds 6] [--stream] [--long-prompt]
+
+``--stream``: streamed calls (``stream_options.include_usage``); ``--long-prompt``: the
+benchmark's 4,000-character prompt instead of the short one.
 """
 
 from __future__ import annotations
