@@ -359,25 +359,38 @@ def _burst_stream() -> bytes:
     return body + b"data: [DONE]\n\n"
 
 
-def test_chunks_of_one_network_read_say_that_more_follow_at_once() -> None:
-    """An upstream that writes a whole stream at once (a fast server, or a burst of tokens):
-    chunks of the same read but the last are marked ``more``, so the gateway relays them in
-    one write; the last never is, so no chunk waits for another."""
-    body = _burst_stream()
+def _serve_once(body: bytes, *, length: bool) -> Any:
+    """A one-answer server: the whole SSE answer in one write, then close (``length``:
+    with Content-Length, else delimited by the end of the connection)."""
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
-        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
-        await reader.readexactly(length)
+        size = re.search(rb"(?i)content-length: *(\d+)", head)
+        assert size is not None
+        await reader.readexactly(int(size.group(1)))
+        delimit = b"content-length: %d\r\n" % len(body) if length else b""
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n"
-            b"content-length: %d\r\n\r\n%b" % (len(body), body)
+            + delimit
+            + b"\r\n"
+            + body
         )
         await writer.drain()
         writer.close()
 
+    return answer
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["content-length", "until-close"])
+def test_chunks_of_one_network_read_say_that_more_follow_at_once(length: bool) -> None:
+    """An upstream that writes a whole stream at once (a fast server, or a burst of tokens):
+    chunks of the same read but the last are marked ``more``, so the gateway relays them in
+    one write; the last never is, so no chunk waits for another. An answer delimited by the
+    end of the connection (neither Content-Length nor chunked) ends there, not as an error."""
+    body = _burst_stream()
+
     async def scenario() -> list[StreamChunk]:
-        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        server = await asyncio.start_server(_serve_once(body, length=length), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         try:
             async with UpstreamClient(f"http://127.0.0.1:{port}/v1") as client:
@@ -385,7 +398,7 @@ def test_chunks_of_one_network_read_say_that_more_follow_at_once() -> None:
         finally:
             server.close()
             await server.wait_closed()
-        assert summary.completed and summary.usage is not None
+        assert summary.completed and summary.usage is not None and summary.error is None
         return chunks
 
     chunks = run(scenario())

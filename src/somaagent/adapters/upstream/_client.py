@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any
@@ -15,6 +15,7 @@ import orjson
 from somaagent.adapters.upstream._accumulator import StreamAccumulator
 from somaagent.adapters.upstream._errors import UpstreamError, from_exception, from_status
 from somaagent.adapters.upstream._http1 import Http1Pool
+from somaagent.adapters.upstream._http1_stream import Http1Stream, open_stream
 from somaagent.adapters.upstream._sse import SseDecoder
 from somaagent.adapters.upstream._types import (
     Measurements,
@@ -274,21 +275,29 @@ class UpstreamClient:
         acc = accumulator if accumulator is not None else StreamAccumulator()
         acc.client_requested_usage = client_requested_usage(body)
         url = self._chat_url
-        timeout = aiohttp.ClientTimeout(
-            total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
-        )
+        data = orjson.dumps(stream_body(body, request_usage=request_usage))
+        headers = self._stream_headers(traceparent)
         response: aiohttp.ClientResponse | None = None
+        lean: Http1Stream | None = None
         acc.start()
         try:
-            response = await self._session_now().post(
-                url,
-                data=orjson.dumps(stream_body(body, request_usage=request_usage)),
-                headers=self._stream_headers(traceparent),
-                timeout=timeout,
-            )
-            if response.status >= 400:
-                raise from_status(response.status, await response.read(), url)
-            async with aclosing(_payloads(response, acc, url)) as payloads:
+            pieces: AsyncIterator[bytes]
+            if self._lean(url) is not None and not self._reuse_stream_connections:
+                lean = await open_stream(url, data, headers, timeout_s)
+                if lean.status >= 400:
+                    raise from_status(lean.status, await _whole(lean, timeout_s, url), url)
+                pieces = _lean_pieces(lean, timeout_s, url)
+            else:
+                timeout = aiohttp.ClientTimeout(
+                    total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
+                )
+                response = await self._session_now().post(
+                    url, data=data, headers=headers, timeout=timeout
+                )
+                if response.status >= 400:
+                    raise from_status(response.status, await response.read(), url)
+                pieces = response.content.iter_any()
+            async with aclosing(_payloads(pieces, acc, url)) as payloads:
                 async for payload, more in payloads:
                     chunk = _stream_chunk(payload, url, more)
                     acc.observe(chunk.data)
@@ -305,6 +314,9 @@ class UpstreamClient:
             acc.end()
             raise
         finally:
+            if lean is not None:
+                lean.abort()  # asked to close at the end anyway; mid-answer it stops the upstream
+                acc.upstream_closed = not acc.completed
             if response is not None:
                 if acc.completed:
                     response.release()
@@ -315,13 +327,13 @@ class UpstreamClient:
 
 
 async def _payloads(
-    response: aiohttp.ClientResponse, acc: StreamAccumulator, url: str
+    pieces: AsyncIterator[bytes], acc: StreamAccumulator, url: str
 ) -> AsyncGenerator[tuple[bytes, bool], None]:
     """The SSE payloads of a chunk stream up to ``[DONE]``, each with whether another one
     of the same network read follows it; what follows ``[DONE]`` is drained."""
     decoder = SseDecoder()
     done = False
-    async for piece in response.content.iter_any():
+    async for piece in pieces:
         try:
             payloads = decoder.feed(piece)
         except ValueError as exc:
@@ -336,6 +348,30 @@ async def _payloads(
         yield payload, i < last
     if not done and not acc.finished_choices:
         raise UpstreamError("protocol", f"{url}: stream ended before [DONE] or a finish reason")
+
+
+async def _lean_pieces(stream: Http1Stream, timeout_s: float, url: str) -> AsyncIterator[bytes]:
+    """What ``stream`` reads, piece by piece, until the end of the answer."""
+    while True:
+        try:
+            piece = await stream.read(timeout_s)
+        except UpstreamError as exc:
+            raise UpstreamError(exc.kind, f"{url}: {exc.message}") from None
+        if piece is None:
+            return
+        yield piece
+
+
+async def _whole(stream: Http1Stream, timeout_s: float, url: str, limit: int = 1 << 20) -> bytes:
+    """The body of an error answer (its first ``limit`` bytes)."""
+    parts: list[bytes] = []
+    size = 0
+    async for piece in _lean_pieces(stream, timeout_s, url):
+        parts.append(piece)
+        size += len(piece)
+        if size >= limit:
+            break
+    return b"".join(parts)[:limit]
 
 
 def _before_done(payloads: list[bytes], done: bool) -> tuple[list[bytes], bool]:

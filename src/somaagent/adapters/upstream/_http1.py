@@ -3,7 +3,7 @@
 Each connection is an asyncio protocol with an ``httptools`` response parser; idle ones are
 pooled per client and reused for ``keepalive_s``. A request is one ``write`` of head and
 body; the answer is read whole (at most ``max_body`` bytes). That is all a chat completion
-needs, at a fraction of aiohttp's per-request cost. Streams keep using aiohttp.
+needs, at a fraction of aiohttp's per-request cost. Streams: ``_http1_stream``.
 
 Answers must be delimited by ``Content-Length`` or chunked encoding (as llama-server, vLLM
 and TGI send them); one delimited only by the server closing the connection fails as
