@@ -94,7 +94,9 @@ class UpstreamClient:
     Streams are sent with ``Connection: close`` unless ``reuse_stream_connections``:
     llama-server closes the connection after every stream without announcing it, and the
     next request on the pooled connection failed ("Server disconnected", "Can not write
-    request body"). A new loopback/LAN connection per stream costs far less than one token.
+    request body"). A new loopback/LAN connection per stream costs far less than one token;
+    on plain http it is a lean one (``_http1_stream``), as non-streamed calls use the lean
+    keep-alive pool (``_http1``); aiohttp serves https and reused stream connections.
     """
 
     def __init__(
