@@ -24,10 +24,30 @@ import httptools
 
 from somaagent.adapters.upstream._errors import UpstreamError
 
-__all__ = ["Http1Pool"]
+__all__ = ["Http1Pool", "ParsedProtocol"]
 
 
-class _Conn(asyncio.Protocol):
+class ParsedProtocol(asyncio.Protocol):
+    """A connection whose received bytes feed an httptools response parser (``parser``);
+    a subclass says in ``_fail`` what an unparseable answer does."""
+
+    transport: asyncio.Transport | None
+    parser: httptools.HttpResponseParser
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError("protocol", f"not an HTTP answer: {exc}"))
+
+    def _fail(self, error: UpstreamError) -> None:
+        raise NotImplementedError
+
+
+class _Conn(ParsedProtocol):
     def __init__(self, max_body: int) -> None:
         self.transport: asyncio.Transport | None = None
         self.max_body = max_body
@@ -39,15 +59,6 @@ class _Conn(asyncio.Protocol):
         self.idle_since = 0.0
 
     # protocol ---------------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(UpstreamError("protocol", f"not an HTTP answer: {exc}"))
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         reason = f"{type(exc).__name__}: {exc}" if exc else "closed by the server"

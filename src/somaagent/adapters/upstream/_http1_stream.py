@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
 
 from somaagent.adapters.upstream._errors import UpstreamError
+from somaagent.adapters.upstream._http1 import ParsedProtocol
 
 __all__ = ["Http1Stream", "open_stream"]
 
 
-class Http1Stream(asyncio.Protocol):
+class Http1Stream(ParsedProtocol):
     """One streamed answer: ``status`` once the head is in, then ``read`` until None."""
 
     def __init__(self) -> None:
@@ -39,16 +39,7 @@ class Http1Stream(asyncio.Protocol):
         self.ended = False
         self.error: UpstreamError | None = None
 
-    # protocol ---------------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(UpstreamError("protocol", f"not an HTTP answer: {exc}"))
-
+    # protocol (connection_made, data_received: ParsedProtocol) -------------------------
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         if self.ended:
