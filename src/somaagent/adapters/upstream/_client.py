@@ -142,13 +142,18 @@ class UpstreamClient:
             await self._session.close()
             self._session = None
 
+    def _plain_http(self, url: str) -> bool:
+        """Whether ``url`` is plain http on the base URL's host (what the lean clients
+        speak); ``RuntimeError`` once the client is closed."""
+        if self._closed:
+            raise RuntimeError("UpstreamClient is closed")
+        return url.startswith(self._origin + "/") and url.startswith("http://")
+
     def _lean(self, url: str) -> tuple[Http1Pool, str] | None:
         """The lean keep-alive pool and the request target for ``url`` when it is plain
         http on the base URL's host (every non-streamed call of the hot path), else
         ``None`` (aiohttp)."""
-        if self._closed:
-            raise RuntimeError("UpstreamClient is closed")
-        if not url.startswith(self._origin + "/") or not url.startswith("http://"):
+        if not self._plain_http(url):
             return None
         if self._pool is None:
             self._pool = Http1Pool(
@@ -284,7 +289,7 @@ class UpstreamClient:
         acc.start()
         try:
             pieces: AsyncIterator[bytes]
-            if self._lean(url) is not None and not self._reuse_stream_connections:
+            if self._plain_http(url) and not self._reuse_stream_connections:
                 lean = await open_stream(url, data, headers, timeout_s)
                 if lean.status >= 400:
                     raise from_status(lean.status, await _whole(lean, timeout_s, url), url)

@@ -24,7 +24,15 @@ import httptools
 
 from somaagent.adapters.upstream._errors import UpstreamError
 
-__all__ = ["Http1Pool", "ParsedProtocol"]
+__all__ = ["Http1Pool", "ParsedProtocol", "post_head"]
+
+
+def post_head(authority: bytes, path: str, length: int, headers: dict[str, str]) -> bytes:
+    """The head of ``POST path`` to ``authority`` with a body of ``length`` bytes."""
+    lines = [f"POST {path} HTTP/1.1".encode(), b"Host: " + authority]
+    lines += [f"{k}: {v}".encode() for k, v in headers.items()]
+    lines.append(b"Content-Length: %d" % length)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 class ParsedProtocol(asyncio.Protocol):
@@ -122,12 +130,6 @@ class Http1Pool:
         self._open: set[_Conn] = set()
         self._closed = False
 
-    def _head(self, path: str, length: int, headers: dict[str, str]) -> bytes:
-        lines = [f"POST {path} HTTP/1.1".encode(), b"Host: " + self._authority]
-        lines += [f"{k}: {v}".encode() for k, v in headers.items()]
-        lines.append(b"Content-Length: %d" % length)
-        return b"\r\n".join(lines) + b"\r\n\r\n"
-
     async def _connection(self, url: str) -> _Conn:
         now = time.monotonic()
         while self._idle:
@@ -163,7 +165,9 @@ class Http1Pool:
             try:
                 async with asyncio.timeout(timeout_s):
                     conn = await self._connection(url)
-                    status, answer = await conn.start(self._head(path, len(body), headers) + body)
+                    status, answer = await conn.start(
+                        post_head(self._authority, path, len(body), headers) + body
+                    )
             except TimeoutError:
                 if conn is not None:
                     self._drop(conn)

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from somaagent.adapters.upstream._errors import UpstreamError
-from somaagent.adapters.upstream._http1 import ParsedProtocol
+from somaagent.adapters.upstream._http1 import ParsedProtocol, post_head
 
 __all__ = ["Http1Stream", "open_stream"]
 
@@ -130,10 +130,7 @@ async def open_stream(
     """Connect to ``url``'s host, send the POST and wait for the answer's head."""
     parts = urlsplit(url)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
-    lines = [f"POST {target} HTTP/1.1".encode(), b"Host: " + parts.netloc.encode()]
-    lines += [f"{k}: {v}".encode() for k, v in headers.items()]
-    lines.append(b"Content-Length: %d" % len(body))
-    raw = b"\r\n".join(lines) + b"\r\n\r\n" + body
+    raw = post_head(parts.netloc.encode(), target, len(body), headers) + body
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout_s):
