@@ -1,7 +1,8 @@
 """The LiteLLM proxy as the peer baseline: its own virtualenv, a one-model config, argv.
 
-The virtualenv is created once under ``.soma-bench/litellm-venv`` and reused. The version is
-pinned so every run measures the same proxy.
+The virtualenv is created once under ``.soma-bench/litellm-venv`` and reused while it runs on
+the benchmark's own interpreter (both proxies measured on the same CPython build). The version
+is pinned so every run measures the same proxy.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def ensure_venv(venv: Path, log_file: Path) -> str:
     Raises ``RuntimeError`` with the reason when it cannot be installed.
     """
     python = venv / "bin" / "python"
-    if not (venv / "bin" / "litellm").exists():
+    if not (venv / "bin" / "litellm").exists() or _base(python) != _base(Path(sys.executable)):
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(log_file, "ab") as out:
             steps = [
@@ -58,6 +59,17 @@ def ensure_venv(venv: Path, log_file: Path) -> str:
     if probe.returncode != 0:
         raise RuntimeError(f"litellm is not importable in {venv}: {probe.stderr[-400:]}")
     return probe.stdout.strip()
+
+
+def _base(python: Path) -> str:
+    """The interpreter a virtualenv's ``python`` runs on ("" when it does not run)."""
+    probe = subprocess.run(
+        [str(python), "-c", "import os, sys; print(os.path.realpath(sys._base_executable))"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return probe.stdout.strip() if probe.returncode == 0 else ""
 
 
 def write_config(path: Path, *, model: str, api_base: str) -> None:

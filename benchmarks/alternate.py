@@ -14,6 +14,8 @@ and steal).
 A variant is ``NAME`` or ``NAME=SPEC``; SPEC is a comma-separated list of
 
 * ``path:DIR``: the gateway imports ``somaagent`` from DIR (e.g. a ``git worktree``'s src);
+* ``python:EXE``: the gateway runs under the interpreter EXE (e.g. another virtualenv's
+  ``bin/python`` with the package installed);
 * ``env:KEY=VALUE``: extra environment for that gateway;
 * ``paused``: the telemetry worker is stopped (SIGSTOP) while the variant is measured; its
   events wait in Kafka;
@@ -90,6 +92,7 @@ KEYS = (
 class Variant:
     name: str
     pythonpath: str | None = None
+    python: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     paused: bool = False
     idle: bool = False
@@ -105,6 +108,8 @@ class Variant:
             kind, _, value = part.partition(":")
             if kind == "path":
                 variant.pythonpath = str(Path(value).resolve())
+            elif kind == "python":
+                variant.python = value
             elif kind == "env":
                 key, _, val = value.partition("=")
                 variant.env[key] = val
@@ -114,7 +119,8 @@ class Variant:
                 setattr(variant, kind, True)
             else:
                 raise SystemExit(
-                    f"unknown variant part {part!r} (path:, env:, paused, idle, gwcore, load:)"
+                    f"unknown variant part {part!r}"
+                    " (path:, python:, env:, paused, idle, gwcore, load:)"
                 )
         return variant
 
@@ -144,7 +150,8 @@ def start_variant(run: go.Run, variant: Variant, index: int) -> str:
     if variant.pythonpath:
         env["PYTHONPATH"] = variant.pythonpath
     name = f"gateway-{variant.name}"
-    run.children.start(name, run.gateway_argv, core=go.PROXY_CORE, env=env, cwd=go.ROOT)
+    argv = [variant.python, *run.gateway_argv[1:]] if variant.python else run.gateway_argv
+    run.children.start(name, argv, core=go.PROXY_CORE, env=env, cwd=go.ROOT)
     run.children.wait_http(name, f"http://{go.HOST}:{variant.port}/v1/models", 120)
     return f"http://{go.HOST}:{variant.port}/v1/chat/completions"
 

@@ -6,9 +6,14 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${SOMA_CACHE_DIR:-$HOME/.cache/somaagent}"
-PY="${SOMA_PYTHON:-python3.11}"
+# Debian's CPython 3.11: built with profile-guided optimisation and LTO, and linked
+# statically. The gateway's hot path is Python; on this interpreter a call costs ~20% less
+# CPU than on a default source build with a shared libpython, such as pyenv's
+# (docs/decisions.md, "The interpreter").
+PY="${SOMA_PYTHON:-/usr/bin/python3.11}"
 LLAMA_CPP_PYTHON_VERSION="0.3.36"
-APT_PACKAGES=(redis-server postgresql-15 prometheus prometheus-alertmanager cmake g++ make)
+APT_PACKAGES=(redis-server postgresql-15 prometheus prometheus-alertmanager cmake g++ make
+  python3.11 python3.11-venv python3.11-dev)
 
 step() { printf '[setup %4ss] %s\n' "$SECONDS" "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
@@ -33,9 +38,16 @@ install_apt() {
 }
 
 install_python() {
-  command -v "$PY" >/dev/null || PY=python3
+  command -v "$PY" >/dev/null || die "no Python interpreter $PY (set SOMA_PYTHON)"
+  local base
+  base="$("$PY" -c 'import os, sys; print(os.path.realpath(sys.executable))')"
+  if [ -x "$ROOT/.venv/bin/python" ] \
+    && [ "$("$ROOT/.venv/bin/python" -c 'import os, sys; print(os.path.realpath(sys._base_executable))')" != "$base" ]; then
+    step "recreating .venv on $base (it was made with another interpreter)"
+    rm -rf "$ROOT/.venv"
+  fi
   if [ ! -x "$ROOT/.venv/bin/python" ]; then
-    step "creating virtualenv .venv"
+    step "creating virtualenv .venv ($base)"
     "$PY" -m venv "$ROOT/.venv"
   fi
   local pip="$ROOT/.venv/bin/pip"
