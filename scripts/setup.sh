@@ -37,12 +37,14 @@ install_apt() {
   id postgres >/dev/null 2>&1 || die "postgresql-15 did not create the postgres user"
 }
 
+# The interpreter a python (or a virtualenv's python) runs on; empty when it does not run.
+base_of() { "$1" -c 'import os, sys; print(os.path.realpath(sys._base_executable))' 2>/dev/null || true; }
+
 install_python() {
   command -v "$PY" >/dev/null || die "no Python interpreter $PY (set SOMA_PYTHON)"
   local base
-  base="$("$PY" -c 'import os, sys; print(os.path.realpath(sys.executable))')"
-  if [ -x "$ROOT/.venv/bin/python" ] \
-    && [ "$("$ROOT/.venv/bin/python" -c 'import os, sys; print(os.path.realpath(sys._base_executable))')" != "$base" ]; then
+  base="$(base_of "$PY")"
+  if [ -x "$ROOT/.venv/bin/python" ] && [ "$(base_of "$ROOT/.venv/bin/python")" != "$base" ]; then
     step "recreating .venv on $base (it was made with another interpreter)"
     rm -rf "$ROOT/.venv"
   fi

@@ -346,13 +346,11 @@ async def _payloads(
         except ValueError as exc:
             raise UpstreamError("protocol", f"{url}: {exc}") from None
         kept, done = _before_done(payloads, done)
-        last = len(kept) - 1
-        for i, payload in enumerate(kept):
-            yield payload, i < last
+        for pair in kept:
+            yield pair
     kept, done = _before_done(decoder.finish(), done)
-    last = len(kept) - 1
-    for i, payload in enumerate(kept):
-        yield payload, i < last
+    for pair in kept:
+        yield pair
     if not done and not acc.finished_choices:
         raise UpstreamError("protocol", f"{url}: stream ended before [DONE] or a finish reason")
 
@@ -381,10 +379,13 @@ async def _whole(stream: Http1Stream, timeout_s: float, url: str, limit: int = 1
     return b"".join(parts)[:limit]
 
 
-def _before_done(payloads: list[bytes], done: bool) -> tuple[list[bytes], bool]:
-    """The payloads before ``[DONE]`` (none once it was seen) and whether it has been."""
+def _before_done(payloads: list[bytes], done: bool) -> tuple[list[tuple[bytes, bool]], bool]:
+    """The payloads of one read before ``[DONE]`` (none once it was seen), each with
+    whether another of them follows it, and whether ``[DONE]`` has been seen."""
     if done:
         return [], True
-    if _DONE in payloads:
-        return payloads[: payloads.index(_DONE)], True
-    return payloads, False
+    seen = _DONE in payloads
+    if seen:
+        payloads = payloads[: payloads.index(_DONE)]
+    last = len(payloads) - 1
+    return [(payload, i < last) for i, payload in enumerate(payloads)], seen
