@@ -16,7 +16,8 @@ A variant is ``NAME`` or ``NAME=SPEC``; SPEC is a comma-separated list of
 * ``path:DIR``: the gateway imports ``somaagent`` from DIR (e.g. a ``git worktree``'s src);
 * ``python:EXE``: the gateway runs under the interpreter EXE (e.g. another virtualenv's
   ``bin/python`` with the package installed);
-* ``env:KEY=VALUE``: extra environment for that gateway;
+* ``env:KEY=VALUE``: extra environment for that gateway (``SOMA_SPOOL_DIR`` too, e.g. a
+  tmpfs directory, to see what the spool's disk writes cost);
 * ``paused``: the telemetry worker is stopped (SIGSTOP) while the variant is measured; its
   events wait in Kafka;
 * ``idle``: the worker's and the broker's threads run under ``SCHED_IDLE`` instead of nice
@@ -142,10 +143,10 @@ def start_variant(run: go.Run, variant: Variant, index: int) -> str:
     variant.port = run.settings.port("gateway_port") + 20 + index
     env = {
         **run.env,
+        "SOMA_SPOOL_DIR": str(state / f"spool-{variant.name}"),  # a variant may move it
         **variant.env,
         "SOMA_WORKER_IN_GATEWAY": "false",
         "SOMA_GATEWAY_PORT": str(variant.port),
-        "SOMA_SPOOL_DIR": str(state / f"spool-{variant.name}"),
     }
     if variant.pythonpath:
         env["PYTHONPATH"] = variant.pythonpath

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
+import string
 import time
 import uuid
 from collections.abc import Coroutine
@@ -12,7 +14,14 @@ from typing import Any, TypeVar
 import pytest
 import uvloop
 
-from somaagent.adapters.resp import RespClient, RespError, RespUnavailable, Script
+from somaagent.adapters.resp import (
+    RespClient,
+    RespError,
+    RespUnavailable,
+    Script,
+    _encode,
+    _encode_py,
+)
 from somaagent.settings import Settings
 
 T = TypeVar("T")
@@ -255,5 +264,43 @@ def test_a_deferred_script_fails_with_its_connection(redis_url: str) -> None:
             other = RespClient(redis_url)
             assert await other.execute("GET", key) is None  # it never left
             await other.aclose()
+
+    run(scenario())
+
+
+def test_commands_are_packed_as_the_python_encoder_packs_them() -> None:
+    """hiredis's C packer and the Python fallback give the same bytes for every argument
+    type the budget scripts send (str, bytes, int), and the fallback takes the rest."""
+    rng = random.Random(20261202)
+    alphabet = string.printable + "é€😀"
+    for _ in range(5_000):
+        args: list[Any] = []
+        for _ in range(rng.randint(1, 12)):
+            kind = rng.random()
+            if kind < 0.3:
+                args.append(rng.randint(-(10**15), 10**15))
+            elif kind < 0.65:
+                args.append("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))))
+            else:
+                args.append(rng.randbytes(rng.randint(0, 30)))
+        assert _encode(tuple(args)) == _encode_py(tuple(args))
+    assert _encode(("SET", "k", True)) == _encode_py(("SET", "k", True))  # no C path for bool
+
+
+def test_unusual_arguments_round_trip_through_redis(redis_url: str) -> None:
+    async def scenario() -> None:
+        client = RespClient(redis_url)
+        key = f"resp-test:{uuid.uuid4().hex}"
+        value = "é€😀 \r\n$3\r\n*1 " + "x" * 600
+        try:
+            assert await client.execute("SET", key, value) == "OK"
+            assert await client.execute("GET", key) == value
+            assert await client.execute("SET", key, b"\x00\xff".decode("latin-1")) == "OK"
+            assert await client.execute("STRLEN", key) == 3  # U+0000 and U+00FF in UTF-8
+            assert await client.execute("SET", key, -(10**15)) == "OK"
+            assert await client.execute("INCRBY", key, 10**15) == 0
+        finally:
+            await client.execute("DEL", key)
+            await client.aclose()
 
     run(scenario())

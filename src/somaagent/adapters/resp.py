@@ -49,12 +49,21 @@ class Script:
         return cls(source, hashlib.sha1(source.encode()).hexdigest())
 
 
-def _encode(args: tuple[Any, ...]) -> bytes:
+def _encode_py(args: tuple[Any, ...]) -> bytes:
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
         raw = arg if isinstance(arg, bytes) else str(arg).encode()
         parts.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
     return b"".join(parts)
+
+
+def _encode(args: tuple[Any, ...]) -> bytes:
+    """One command in RESP: hiredis's C packer (str, bytes, int and float arguments, the
+    same bytes as ``_encode_py``, a test checks), the Python one for anything else."""
+    try:
+        return hiredis.pack_command(args)  # type: ignore[no-any-return]
+    except TypeError:
+        return _encode_py(args)
 
 
 class _Protocol(asyncio.Protocol):

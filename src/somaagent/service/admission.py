@@ -52,7 +52,7 @@ from somaagent.domain.policy import Verdict
 from somaagent.domain.policy_input import policy_input
 from somaagent.domain.policy_reuse import Reuse
 from somaagent.domain.randomness import random_bits
-from somaagent.domain.ratecards import RateBook
+from somaagent.domain.ratecards import RateBook, RateCardEntry
 from somaagent.domain.routing import Decision, GpuPricing, ModelEntry
 from somaagent.domain.worst_case import WorstCase, prompt_token_bound, worst_case
 from somaagent.observability import GatewayMetrics
@@ -68,12 +68,14 @@ from somaagent.service.verdict_actions import (
     verdict_event,
 )
 from somaagent.service.verdict_cache import Reused, VerdictCache
+from somaagent.service.worst_cases import WorstCases
 
 __all__ = ["Admission", "Gatekeeper"]
 
 log = logging.getLogger("somaagent.admission")
 _MAX_ROUNDS = 3
 _PENDING = Verdict("allow", ("not decided yet",), "", None)  # until the policy's verdict
+_LOOK_UP = object()  # ``bound``'s default: the rate card in effect now
 
 
 class PolicyPort(Protocol):
@@ -159,6 +161,7 @@ class Gatekeeper:
     # Verdicts the policy declared reusable (None: every call is evaluated).
     reuse: VerdictCache | None = None
     gauge: BudgetGauge = field(default_factory=BudgetGauge)
+    worst_cases: WorstCases = field(default_factory=WorstCases, repr=False)
 
     async def aclose(self) -> None:
         """Flush budget charges, then close the budget and policy adapters."""
@@ -168,8 +171,16 @@ class Gatekeeper:
             await hook()
 
     # ------------------------------------------------------------------ bounds
-    def bound(self, entry: ModelEntry, request: ChatRequest, prompt_tokens: int) -> WorstCase:
-        card = self.rates.current(entry.model_id, self.clock())
+    def bound(
+        self,
+        entry: ModelEntry,
+        request: ChatRequest,
+        prompt_tokens: int,
+        card: RateCardEntry | None | object = _LOOK_UP,
+    ) -> WorstCase:
+        """The worst case of ``entry`` under ``card`` (by default, the one in effect now)."""
+        if not isinstance(card, RateCardEntry | None):
+            card = self.rates.current(entry.model_id, self.clock())
         pricing = card.pricing if card is not None else entry.pricing
         return worst_case(
             model_id=entry.model_id,
@@ -186,6 +197,26 @@ class Gatekeeper:
             tokens=bound.tokens,
             usd_nano=usd_to_nano_ceil(bound.usd),
             gpu_us=gpu_ms_to_us_ceil(bound.gpu_ms),
+        )
+
+    def bounds(
+        self, entry: ModelEntry, request: ChatRequest, prompt_tokens: int
+    ) -> tuple[WorstCase, Amounts]:
+        """``bound`` and its ``amounts``, remembered (``WorstCases``) while the rate card in
+        effect, the entry's pricing and the timeout stay the same."""
+
+        card = self.rates.current(entry.model_id, self.clock())
+
+        def compute() -> tuple[WorstCase, Amounts]:
+            worst = self.bound(entry, request, prompt_tokens, card)
+            return worst, self.amounts(worst)
+
+        return self.worst_cases.get(
+            (entry.model_id, prompt_tokens, request.max_tokens),
+            card=card,
+            pricing=entry.pricing,
+            timeout_s=self.upstream_timeout_s,
+            compute=compute,
         )
 
     # ------------------------------------------------------------------ admit
@@ -229,8 +260,10 @@ class Gatekeeper:
         prompt_hash = request.prompt_hash
         prompt_tokens = prompt_token_bound(request.messages)
         models = {e.model_id: e for e in (decision.model, *self.live(caller))}
-        worst = {m: self.bound(e, request, prompt_tokens) for m, e in models.items()}
-        units = {m: self.amounts(w) for m, w in worst.items()}  # converted once per request
+        worst: dict[str, WorstCase] = {}
+        units: dict[str, Amounts] = {}  # converted once per request
+        for m, e in models.items():
+            worst[m], units[m] = self.bounds(e, request, prompt_tokens)
         applicable = (
             await self.budgets.applicable(caller.tenant, caller.persona)
             if budgets and self.budgets is not None
@@ -521,7 +554,8 @@ class Gatekeeper:
         adm.refused_model = None
         bound = adm.worst.get(entry.model_id)
         if bound is None:
-            bound = self.bound(entry, adm.request, prompt_token_bound(adm.request.messages))
+            prompt_tokens = prompt_token_bound(adm.request.messages)
+            bound, _ = self.bounds(entry, adm.request, prompt_tokens)
             adm.worst[entry.model_id] = bound
         amounts = adm.units.get(entry.model_id)
         if amounts is None:

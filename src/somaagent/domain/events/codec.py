@@ -77,7 +77,7 @@ class Codec:
 
     def decode(self, data: bytes | bytearray | memoryview) -> Event:
         """Parse and validate one event; raise ``ContractError`` saying what is wrong."""
-        size = memoryview(data).nbytes
+        size = len(data) if type(data) is bytes else memoryview(data).nbytes
         if size > self.max_bytes:
             raise ContractError(f"oversize: {size} bytes, limit {self.max_bytes}")
         try:
