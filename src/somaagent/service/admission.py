@@ -75,7 +75,6 @@ __all__ = ["Admission", "Gatekeeper"]
 log = logging.getLogger("somaagent.admission")
 _MAX_ROUNDS = 3
 _PENDING = Verdict("allow", ("not decided yet",), "", None)  # until the policy's verdict
-_LOOK_UP = object()  # ``bound``'s default: the rate card in effect now
 
 
 class PolicyPort(Protocol):
@@ -171,16 +170,18 @@ class Gatekeeper:
             await hook()
 
     # ------------------------------------------------------------------ bounds
-    def bound(
+    def bound(self, entry: ModelEntry, request: ChatRequest, prompt_tokens: int) -> WorstCase:
+        """The worst case of ``entry`` under the rate card in effect now."""
+        card = self.rates.current(entry.model_id, self.clock())
+        return self._bound(card, entry, request, prompt_tokens)
+
+    def _bound(
         self,
+        card: RateCardEntry | None,
         entry: ModelEntry,
         request: ChatRequest,
         prompt_tokens: int,
-        card: RateCardEntry | None | object = _LOOK_UP,
     ) -> WorstCase:
-        """The worst case of ``entry`` under ``card`` (by default, the one in effect now)."""
-        if not isinstance(card, RateCardEntry | None):
-            card = self.rates.current(entry.model_id, self.clock())
         pricing = card.pricing if card is not None else entry.pricing
         return worst_case(
             model_id=entry.model_id,
@@ -204,11 +205,10 @@ class Gatekeeper:
     ) -> tuple[WorstCase, Amounts]:
         """``bound`` and its ``amounts``, remembered (``WorstCases``) while the rate card in
         effect, the entry's pricing and the timeout stay the same."""
-
         card = self.rates.current(entry.model_id, self.clock())
 
-        def compute() -> tuple[WorstCase, Amounts]:
-            worst = self.bound(entry, request, prompt_tokens, card)
+        def compute() -> tuple[WorstCase, Amounts]:  # priced with the card it is keyed by
+            worst = self._bound(card, entry, request, prompt_tokens)
             return worst, self.amounts(worst)
 
         return self.worst_cases.get(
