@@ -555,8 +555,9 @@ class Gatekeeper:
         bound = adm.worst.get(entry.model_id)
         if bound is None:
             prompt_tokens = prompt_token_bound(adm.request.messages)
-            bound, _ = self.bounds(entry, adm.request, prompt_tokens)
+            bound, units = self.bounds(entry, adm.request, prompt_tokens)
             adm.worst[entry.model_id] = bound
+            adm.units.setdefault(entry.model_id, units)  # converted with the bound, not again
         amounts = adm.units.get(entry.model_id)
         if amounts is None:
             amounts = adm.units[entry.model_id] = self.amounts(bound)
