@@ -17,9 +17,10 @@ upstream, Kafka, PostgreSQL and the telemetry worker to core 1. Each level (conc
 count or a time limit. "Added" latency is the proxy's p50/p99 minus the direct p50/p99 at
 the same concurrency. Also: a streamed level, a level with a 4,000-character prompt (the
 gateway's pre-classifier reads every prompt), the gateway with the worker inside its process
-(the LOCAL default), and the real-model case (llama-server with the primary model, alone on
-core 1 while everything else shares core 0: gateway throughput must be at least 98% of
-calling it directly), with clients in lockstep and as independent users (random pauses).
+(the LOCAL default), and the real-model case (``_real_model.py``: llama-server with the
+primary model, alone on core 1 while everything else shares core 0; gateway throughput must
+be at least 98% of calling it directly, judged side by side: half the clients direct, half
+through the gateway, at the same time; sequential rounds are reported too).
 
 Prints one JSON object on stdout; progress on stderr.
 Usage: .venv/bin/python benchmarks/gateway_overhead.py [--duration 8] [--no-real-model]
@@ -49,18 +50,14 @@ sys.path.insert(0, str(BENCH))
 
 import _litellm  # noqa: E402
 from _loadgen import LevelResult, run_level  # noqa: E402
-from _procs import Children, deprioritize, log, pin  # noqa: E402
+from _procs import Children, deprioritize, log  # noqa: E402
+from _real_model import MAX_TOKENS, REAL_MODEL, real_model  # noqa: E402
 from _report import CLIENT_CORE, PROXY_CORE, added, machine, ratio, verdict  # noqa: E402
 
 from somaagent.settings import Settings, load_settings  # noqa: E402
 from somaagent.stack import Supervisor  # noqa: E402
 
 FIXED_MODEL = "bench-fixed"
-REAL_MODEL = "smollm2-135m-instruct"
-# Independent users: each client pauses 0..this many seconds before each request. Clients
-# in lockstep (identical requests, all answered at once) let llama-server decode all of
-# them in one batch step; any jitter (a proxy's millisecond included) splits that batch.
-REAL_THINK_S = 0.2
 HOST = "127.0.0.1"
 BACKGROUND_NICE = 10  # the telemetry worker's and the broker's (see measure_all)
 
@@ -277,99 +274,6 @@ def level(
     return row
 
 
-def alternate(run: Run, url: str, body: bytes, *, think_s: float) -> dict[str, Any]:
-    """Direct and through the gateway in ``--real-rounds`` short rounds, in ABBA order
-    (direct, gateway, gateway, direct, ...), so the model's own drift (its throughput moved
-    by up to 15% between consecutive 15 s runs of the same load) falls on both alike;
-    ``think_s``: clients pause before each request."""
-    c, seconds, rounds = run.args.real_concurrency, run.args.real_duration, run.args.real_rounds
-    usage = ("x-soma-usage-source", "reported")
-    both: dict[str, LevelResult] = {"direct": LevelResult(c), "gateway": LevelResult(c)}
-    windows: dict[str, list[float]] = {"direct": [], "gateway": []}
-    pid_cpu = 0.0
-    for i in range(rounds):
-        for target in ("direct", "gateway") if i % 2 == 0 else ("gateway", "direct"):
-            out = run.measure(
-                target,
-                url if target == "direct" else run.gateway_url,
-                body,
-                c,
-                pid_name="gateway" if target == "gateway" else None,
-                expect_header=usage if target == "gateway" else None,
-                duration_s=seconds / rounds,
-                warmup_s=2.0,
-                think_s=think_s,
-            )
-            windows[target].append(out["rps"])
-            merged = both[target]
-            merged.latencies_ms += run.last.latencies_ms
-            merged.elapsed_s += run.last.elapsed_s
-            merged.errors += run.last.errors
-            merged.header_mismatches += run.last.header_mismatches
-            merged.header_seen = run.last.header_seen or merged.header_seen
-            if target == "gateway":
-                pid_cpu += out.get("cpu_us_per_request", 0.0) * len(run.last.latencies_ms)
-    direct, gateway = both["direct"].summary(), both["gateway"].summary()
-    gateway["x-soma-usage-source"] = both["gateway"].header_seen
-    gateway["header_mismatches"] = both["gateway"].header_mismatches
-    gateway["cpu_us_per_request"] = round(pid_cpu / max(1, gateway["requests"]), 1)
-    return {
-        "direct": direct,
-        "gateway": added(gateway, direct),
-        "gateway_rps_over_direct": ratio(gateway["rps"], direct["rps"]),
-        "rps_by_round": windows,
-    }
-
-
-def real_model(run: Run, supervisor: Supervisor) -> dict[str, Any]:
-    """llama-server with the primary model: gateway throughput versus calling it directly.
-
-    The model gets core 1 to itself, as it would have its own accelerator: for this phase
-    everything else (gateway, load generator, worker, Kafka, PostgreSQL, Redis) shares core
-    0. Otherwise the telemetry work the gateway's calls cause (the worker's batches into
-    ClickHouse, Kafka, PostgreSQL) runs on the model's single core and slows the model.
-    """
-    try:
-        supervisor.up(only=["model-primary"])
-    except Exception as exc:  # noqa: BLE001 - reported, the rest of the run stands
-        return {"status": f"not measured: {exc}"}
-    model = supervisor.record("model-primary")
-    ours = [os.getpid(), *(run.children.pid(n) for n in ("worker", "upstream", "gateway"))]
-    ours += [r.pid for n in ("kafka", "postgres", "redis") if (r := supervisor.record(n))]
-    pin(ours, PROXY_CORE)  # the model is a child of this process too: pinned after
-    if model is not None:
-        pin([model.pid], CLIENT_CORE)
-    try:
-        url = run.settings.url("primary_model_url") + "/chat/completions"
-        body = chat_body(REAL_MODEL, max_tokens=32)
-        # The model's first seconds of load run slower (a first window measured ~40% below
-        # the next): warm it up, unmeasured, before either side is timed.
-        run.measure("direct", url, body, run.args.real_concurrency, duration_s=5, warmup_s=1)
-        lockstep = alternate(run, url, body, think_s=0.0)
-        users = alternate(run, url, body, think_s=REAL_THINK_S)
-        return {
-            "status": "measured",
-            "model": REAL_MODEL,
-            "server": f"llama-server, {run.settings.model_threads} thread(s), "
-            f"--parallel {run.settings.model_parallel}, alone on core {CLIENT_CORE}",
-            "everything_else_on_core": PROXY_CORE,
-            "concurrency": run.args.real_concurrency,
-            "max_tokens": 32,
-            **lockstep,
-            "target_share": 0.98,
-            "met": lockstep["gateway_rps_over_direct"] is not None
-            and lockstep["gateway_rps_over_direct"] >= 0.98,
-            "independent_users": {
-                "think_s": f"uniform 0..{REAL_THINK_S} before each request, seeded per client",
-                **users,
-            },
-        }
-    finally:
-        supervisor.down(only=["model-primary"])
-        pin([p for p in ours if p != run.children.pid("gateway")], CLIENT_CORE)
-        pin([run.children.pid("gateway")], PROXY_CORE)
-
-
 def telemetry_check(settings: Settings, gateway_ok: int) -> dict[str, Any]:
     """Events in Kafka and committed by the worker versus calls the gateway answered."""
     bootstrap = settings.url("kafka_bootstrap")
@@ -416,8 +320,14 @@ def parse_args() -> argparse.Namespace:
         "--no-budgets", action="store_true", help="no budget for the caller (policy still runs)"
     )
     parser.add_argument("--real-concurrency", type=int, default=4)
-    parser.add_argument("--real-duration", type=float, default=30.0, help="measured s per side")
-    parser.add_argument("--real-rounds", type=int, default=4, help="direct/gateway rounds")
+    parser.add_argument(
+        "--real-windows", type=int, default=8, help="side-by-side windows (the verdict)"
+    )
+    parser.add_argument("--real-window-s", type=float, default=8.0, help="s per window")
+    parser.add_argument(
+        "--real-duration", type=float, default=24.0, help="sequential: measured s per side"
+    )
+    parser.add_argument("--real-rounds", type=int, default=4, help="sequential: rounds")
     return parser.parse_args()
 
 
@@ -532,7 +442,7 @@ def measure_all(run: Run, supervisor: Supervisor, report: dict[str, Any]) -> Non
     report["real_model"] = (
         {"status": "skipped (--no-real-model)"}
         if args.no_real_model
-        else real_model(run, supervisor)
+        else real_model(run, supervisor, chat_body(REAL_MODEL, max_tokens=MAX_TOKENS))
     )
     report["telemetry"] = telemetry_check(run.settings, run.gateway_ok)
     if not args.no_worker_inside:
