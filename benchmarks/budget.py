@@ -192,6 +192,7 @@ async def measure(settings: Settings, n: int, clients: int, rounds: int) -> dict
             await counters.client.ping()
         gc.collect()
         gc.freeze()
+        await counters.client.config_resetstat()
         results = []
         for index in range(rounds):
             log(f"round {index + 1} of {rounds}")
@@ -215,11 +216,24 @@ async def measure(settings: Settings, n: int, clients: int, rounds: int) -> dict
             "service": all(s.spent == expected and s.reserved == Amounts() for s in states)
             and summary.spent_usd == ACTUAL_USD * pairs,
         }
-        return {"rounds": results, "exact": exact}
+        return {"rounds": results, "exact": exact, "redis_server": await server_cost(counters)}
     finally:
         await service.aclose()
         await counters.aclose()
         await store.aclose()
+
+
+async def server_cost(counters: RedisBudgetCounters) -> dict[str, Any]:
+    """Redis's own CPU per command over the rounds (INFO commandstats): ``evalsha`` is one
+    reserve or settle script, the commands under it are the scripts' ``redis.call``s."""
+    stats = await counters.client.info("commandstats")
+    out: dict[str, Any] = {}
+    for name, v in sorted(stats.items(), key=lambda kv: -kv[1]["usec"]):
+        out[name.removeprefix("cmdstat_")] = {
+            "calls": v["calls"],
+            "usec_per_call": v["usec_per_call"],
+        }
+    return out
 
 
 def pin(redis_pid: int) -> dict[str, Any]:

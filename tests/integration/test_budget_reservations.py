@@ -462,6 +462,31 @@ def test_settle_and_release_are_idempotent(dsn: str, redis_url: str) -> None:
     run(scenario())
 
 
+def test_counters_beyond_two_to_the_53_stay_exact(dsn: str, redis_url: str) -> None:
+    """The scripts never do arithmetic in Lua's doubles (exact only below 2^53): a counter
+    past 2^60 is still held, released and spent to the unit (Redis's 64-bit HINCRBY)."""
+    t = tenant()
+    big = 2**60
+
+    async def scenario() -> None:
+        async with harness(dsn, redis_url) as h:
+            b = await h.budget(t, "monthly", limit_usd=USD_LIMIT)  # tokens unlimited
+            assert await h.reserve(t, f"{t}-0")
+            await h.settle(f"{t}-0", 0)
+            key = counter_key(t, b.budget_id, window_of(b, datetime.now(UTC)).key)
+            await h.counters.client.hset(key, mapping={"st": big + 1, "rt": big + 3})
+            assert await h.reserve(t, f"{t}-1")
+            assert await h.values(b) == (Amounts(big + 1, 0, 0), Amounts(big + 303, 100_000, 0))
+            await h.settle(f"{t}-1", 250, "0.00005")
+            assert await h.values(b) == (Amounts(big + 251, 50_000, 0), Amounts(big + 3, 0, 0))
+            await h.counters.client.hset(key, mapping={"st": 7, "rt": 0})
+            assert await h.reserve(t, f"{t}-2")
+            await h.settle(f"{t}-2", 11, "0.000001")
+            assert await h.values(b) == (Amounts(18, 51_000, 0), NOTHING)
+
+    run(scenario())
+
+
 def test_refused_reservation_still_settles_in_permissive_mode(dsn: str, redis_url: str) -> None:
     t = tenant()
 
