@@ -287,8 +287,9 @@ def telemetry_check(settings: Settings, gateway_ok: int) -> dict[str, Any]:
         produced = committed = -1
         last_change = time.monotonic()
         while time.monotonic() - last_change < 10:
-            now_produced = sum(probe.get_watermark_offsets(tp, timeout=5)[1] for tp in tps)
+            # Committed first: what is read after it can only be as far or further.
             now_committed = sum(max(tp.offset, 0) for tp in probe.committed(tps, timeout=5))
+            now_produced = sum(probe.get_watermark_offsets(tp, timeout=5)[1] for tp in tps)
             if (now_produced, now_committed) != (produced, committed):
                 produced, committed, last_change = now_produced, now_committed, time.monotonic()
             if committed >= gateway_ok:
