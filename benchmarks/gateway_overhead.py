@@ -172,8 +172,12 @@ class Run:
             time.sleep(0.5)
         raise RuntimeError("the telemetry worker did not create its topics in 120 s")
 
-    def start_gateway(self, *, worker_inside: bool) -> None:
-        env = {**self.env, "SOMA_WORKER_IN_GATEWAY": "true" if worker_inside else "false"}
+    def start_gateway(self, *, worker_inside: bool, spin_us: int | None = None) -> None:
+        env = {
+            **self.env,
+            "SOMA_WORKER_IN_GATEWAY": "true" if worker_inside else "false",
+            "SOMA_GATEWAY_LOOP_SPIN_US": str(self.args.spin_us if spin_us is None else spin_us),
+        }
         self.children.start("gateway", self.gateway_argv, core=PROXY_CORE, env=env, cwd=ROOT)
         models = f"http://{HOST}:{self.settings.port('gateway_port')}/v1/models"
         self.children.wait_http("gateway", models, 120)
@@ -318,6 +322,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-worker-inside", action="store_true")
     parser.add_argument("--no-real-model", action="store_true")
     parser.add_argument(
+        "--spin-us",
+        type=int,
+        default=1000,
+        help="the gateway's SOMA_GATEWAY_LOOP_SPIN_US (it owns core 0); 0 = the default, off",
+    )
+    parser.add_argument(
         "--no-budgets", action="store_true", help="no budget for the caller (policy still runs)"
     )
     parser.add_argument("--real-concurrency", type=int, default=4)
@@ -445,6 +455,12 @@ def measure_all(run: Run, supervisor: Supervisor, report: dict[str, Any]) -> Non
         if args.no_real_model
         else real_model(run, supervisor, chat_body(REAL_MODEL, max_tokens=MAX_TOKENS))
     )
+    if args.spin_us and "1" in args.levels.split(","):
+        # The c=1 level once more with the gateway's loop sleeping whenever it waits (the
+        # setting's default): what the polling window is worth.
+        run.children.stop("gateway")
+        run.start_gateway(worker_inside=False, spin_us=0)
+        report["gateway_c1_without_loop_spin"] = level(run, 1, stream=False, litellm=False)
     report["telemetry"] = telemetry_check(run.settings, run.gateway_ok)
     if not args.no_worker_inside:
         run.children.stop("gateway")
@@ -488,6 +504,9 @@ def main() -> None:
         "auth": "anonymous caller (LOCAL) on the gateway; no master key on LiteLLM",
         "load_generator": "aiohttp closed loop, keep-alive pool of `concurrency` connections",
         "background_nice": f"worker and Kafka broker at nice {BACKGROUND_NICE} (client core)",
+        "gateway_loop_spin_us": f"{args.spin_us} (polls instead of sleeping for this long "
+        "after it last worked: it owns core 0; 0 = off, the setting's default; c=1 without "
+        "it: gateway_c1_without_loop_spin)",
         "seconds_total": round(time.monotonic() - started, 1),
     }
     report["target"] = verdict(report)

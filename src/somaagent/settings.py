@@ -181,6 +181,9 @@ class Settings(BaseSettings):
     chat_max_body_bytes: int = Field(default=1 << 20, ge=1024)
     upstream_timeout_s: float = Field(default=120.0, gt=0)
     stats_refresh_s: float = Field(default=30.0, gt=0)
+    # After the gateway's loop last worked, keep polling its sockets this long instead of
+    # sleeping (entrypoints/loop_spin.py); 0 turns it off (a shared core, a CPU quota).
+    gateway_loop_spin_us: int = Field(default=0, ge=0, le=100_000)
 
     log_level: str = "INFO"
     worker_metrics_port: int | None = None  # `soma worker` serves /metrics here when set

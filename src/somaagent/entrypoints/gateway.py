@@ -29,6 +29,7 @@ from somaagent.entrypoints.http_operator import (
     telemetry_tokens,
 )
 from somaagent.entrypoints.http_telemetry import ingest_events
+from somaagent.entrypoints.loop_spin import LoopSpinner
 from somaagent.observability.logging import configure_logging
 from somaagent.service.health import check_all
 from somaagent.service.periodic import Periodic, ledger_job
@@ -81,10 +82,13 @@ class HotPaths:
     included, goes to the Starlette app unchanged.
     """
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: Starlette, spinner: LoopSpinner | None = None) -> None:
         self.app = app
+        self.spinner = spinner
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.spinner is not None:
+            self.spinner.wake()
         if (
             scope["type"] == "http"
             and scope["path"] == "/v1/chat/completions"
@@ -143,7 +147,11 @@ def create_app(settings: Settings) -> HotPaths:
             methods=["POST"],
         ),
     ]
-    return HotPaths(Starlette(routes=routes, lifespan=lifespan))
+    spin_s = settings.gateway_loop_spin_us / 1e6
+    return HotPaths(
+        Starlette(routes=routes, lifespan=lifespan),
+        spinner=LoopSpinner(spin_s) if spin_s > 0 else None,
+    )
 
 
 def main() -> None:
