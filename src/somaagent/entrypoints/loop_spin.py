@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 __all__ = ["LoopSpinner"]
 
@@ -29,46 +28,34 @@ __all__ = ["LoopSpinner"]
 class LoopSpinner:
     """Polls the running loop for ``window_s`` after its last work; see the module doc."""
 
-    def __init__(
-        self,
-        window_s: float,
-        *,
-        work_cpu_s: float = 30e-6,
-        clock: Callable[[], float] = time.perf_counter,
-        cpu_clock: Callable[[], float] = time.thread_time,
-    ) -> None:
+    def __init__(self, window_s: float, *, work_cpu_s: float = 30e-6) -> None:
         if window_s <= 0:
             raise ValueError("window_s must be positive (0 means: do not create a spinner)")
         self.window_s = window_s
         self.work_cpu_s = work_cpu_s
-        self.clock = clock
-        self.cpu_clock = cpu_clock
         self.spinning = False
         self.ticks = 0
         self._last_work = 0.0
         self._prev_cpu = 0.0
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def wake(self) -> None:
         """Work arrived (a request): poll from now on if the loop was allowed to sleep."""
         if self.spinning:
             return
-        loop = asyncio.get_running_loop()
-        self._last_work = self.clock()
-        self._prev_cpu = self.cpu_clock()
-        self._loop = loop
+        self._last_work = time.perf_counter()
+        self._prev_cpu = time.thread_time()
         self.spinning = True
-        loop.call_soon(self._tick)
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self._tick, loop)
 
-    def _tick(self) -> None:
-        now = self.clock()
-        cpu = self.cpu_clock()
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = time.perf_counter()
+        cpu = time.thread_time()
         self.ticks += 1
         if cpu - self._prev_cpu > self.work_cpu_s:
             self._last_work = now  # the loop ran other callbacks since the previous tick
         self._prev_cpu = cpu
-        loop = self._loop
-        if now - self._last_work < self.window_s and loop is not None and not loop.is_closed():
-            loop.call_soon(self._tick)
+        if now - self._last_work < self.window_s:
+            loop.call_soon(self._tick, loop)
         else:
             self.spinning = False
