@@ -67,6 +67,28 @@ def test_spool_survives_restart_and_drops_a_torn_tail(spool_dir: Path) -> None:
     again.close()
 
 
+def test_checkpoint_drops_delivered_segments_and_keeps_the_rest(spool_dir: Path) -> None:
+    spool = Spool(spool_dir, segment_bytes=256)  # a few records per segment
+    seqs = spool.append_many([("t", b"k", b"x" * 40) for _ in range(30)])
+    seqs += [spool.append("t", b"k", b"y" * 40) for _ in range(30)]  # rolls segments over
+    segments = len(list(spool_dir.glob("*.seg")))
+    assert segments > 4
+    spool.ack_many(seqs[:45])
+    spool.ack(seqs[50])  # out of order: the watermark stays at the first undelivered
+    spool.checkpoint()
+    assert int((spool_dir / "watermark").read_text()) == seqs[45]
+    assert 1 <= len(list(spool_dir.glob("*.seg"))) < segments
+    spool.append("t", b"k", b"after the checkpoint")
+    spool.checkpoint()  # nothing newly delivered: the watermark does not move back
+    assert int((spool_dir / "watermark").read_text()) == seqs[45]
+    spool.close()
+    again = Spool(spool_dir)
+    # Only the watermark is persisted: the one delivered above it is replayed (consumers
+    # drop the duplicate by event id), nothing below it is.
+    assert [r.seq for r in again.pending()] == [*seqs[45:], seqs[-1] + 1]
+    again.close()
+
+
 def test_publish_delivers_and_acknowledges(stack: Settings, spool_dir: Path) -> None:
     topic = f"pub-{uuid.uuid4().hex[:8]}"
     publisher = KafkaPublisher(bootstrap=stack.url("kafka_bootstrap"), spool=Spool(spool_dir))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,12 @@ class KafkaPublisher:
         if self._degraded:
             self.stats.degraded_since = time.time()
         self._fatal = threading.Event()
+        # Delivery callbacks only note the record here; whoever served them (the background
+        # thread, or ``flush``) then acknowledges the lot in the spool under one lock. A
+        # callback runs holding the GIL, in a thread beside the caller's event loop: the
+        # less each one does, the shorter the loop's waits for the GIL.
+        self._acked: deque[int] = deque()
+        self._stats_lock = threading.Lock()
         self._producer = Producer(self._config)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kafka-publisher", daemon=True)
@@ -117,15 +124,36 @@ class KafkaPublisher:
         return True
 
     def _callback(self, seq: int) -> Callable[[KafkaError | None, Message], None]:
+        acked = self._acked
+
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             if err is None:
-                self.spool.ack(seq)
-                self.stats.delivered += 1
+                acked.append(seq)
             else:
                 self.stats.delivery_failures += 1
                 self._enter_degraded(str(err))
 
         return delivered
+
+    def _serve(self, timeout_s: float) -> None:
+        """Serve delivery reports for up to ``timeout_s``, then acknowledge the delivered."""
+        self._producer.poll(timeout_s)
+        self._ack_delivered()
+
+    def _ack_delivered(self) -> None:
+        # popleft, not a swap of lists: two threads may drain at once (``flush`` from the
+        # caller's thread) and each record must be taken exactly once.
+        acked = self._acked
+        seqs = []
+        try:
+            while True:
+                seqs.append(acked.popleft())
+        except IndexError:
+            pass
+        if seqs:
+            self.spool.ack_many(seqs)
+            with self._stats_lock:  # not ``_lock``: publish_many holds that one
+                self.stats.delivered += len(seqs)
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
@@ -177,10 +205,12 @@ class KafkaPublisher:
                 continue
             for record in batch:
                 while not self._produce(record.seq, record.topic, record.key, record.value):
-                    self._producer.poll(0.05)
+                    self._serve(0.05)
                 self.stats.replayed += 1
                 last = record.seq
-            if self._producer.flush(15) > 0 or self._fatal.is_set():
+            unsent = self._producer.flush(15)
+            self._ack_delivered()
+            if unsent > 0 or self._fatal.is_set():
                 return  # broker went away again; stay degraded and retry later
             if self._failed_since_replay(batch):
                 return  # some deliveries failed again; stay degraded
@@ -192,7 +222,7 @@ class KafkaPublisher:
     def _run(self) -> None:
         next_checkpoint = time.monotonic() + 1.0
         while not self._stop.is_set():
-            self._producer.poll(0.1)
+            self._serve(0.1)
             if self._fatal.is_set():
                 self._renew_producer()
             if self._degraded and self._broker_reachable():
@@ -211,6 +241,7 @@ class KafkaPublisher:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._producer.flush(min(0.5, max(0.0, deadline - time.monotonic())))
+            self._ack_delivered()
             if self.spool.depth == 0:
                 return True
             time.sleep(0.05)

@@ -88,6 +88,7 @@ class Spool:
         self._segment_bytes = segment_bytes
         self._fsync_interval_s = fsync_interval_s
         self._mutex = threading.Lock()
+        self._checkpoint_lock = threading.Lock()
         self._watermark = self._load_watermark()
         self._segments = self._scan_segments()
         self._unacked: set[int] = set()
@@ -199,6 +200,11 @@ class Spool:
         with self._mutex:
             self._unacked.discard(seq)
 
+    def ack_many(self, seqs: list[int]) -> None:
+        """Mark every one of ``seqs`` delivered, under one lock."""
+        with self._mutex:
+            self._unacked.difference_update(seqs)
+
     def pending(self, after: int = -1, limit: int = 10_000) -> list[SpooledRecord]:
         """Unacknowledged records with ``seq > after``, oldest first, at most ``limit``."""
         with self._mutex:
@@ -219,21 +225,30 @@ class Spool:
     def checkpoint(self) -> None:
         """Persist the watermark and delete segments whose records are all delivered."""
         self.sync()
+        # Only the decision is taken under the lock; the file writes, the rename and the
+        # unlinks are not, so an append (the gateway's event loop) never waits for them.
+        # A watermark read now stays a valid lower bound however late it is written, and
+        # a segment chosen here has no undelivered record and is not the one appended to.
         with self._mutex:
             watermark = min(self._unacked) if self._unacked else self._next_seq
-            tmp = self.directory / "watermark.tmp"
-            tmp.write_text(str(watermark))
-            os.replace(tmp, self.directory / "watermark")
-            self._watermark = watermark
             keep: list[tuple[int, Path]] = []
+            drop: list[Path] = []
             for i, (first, path) in enumerate(self._segments):
                 nxt = self._segments[i + 1][0] if i + 1 < len(self._segments) else None
                 current = self._writer is not None and path == Path(self._writer.name)
                 if nxt is not None and nxt <= watermark and not current:
-                    path.unlink(missing_ok=True)
+                    drop.append(path)
                 else:
                     keep.append((first, path))
             self._segments = keep
+        with self._checkpoint_lock:  # close() and the publisher's thread may both be here
+            if watermark > self._watermark:
+                tmp = self.directory / "watermark.tmp"
+                tmp.write_text(str(watermark))
+                os.replace(tmp, self.directory / "watermark")
+                self._watermark = watermark
+            for path in drop:
+                path.unlink(missing_ok=True)
 
     def close(self) -> None:
         self._stop_sync.set()

@@ -28,6 +28,7 @@ from somaagent.entrypoints.http_operator import (
     list_approvals,
     telemetry_tokens,
 )
+from somaagent.entrypoints.http_protocol import GatewayHttpProtocol
 from somaagent.entrypoints.http_telemetry import ingest_events
 from somaagent.entrypoints.loop_spin import LoopSpinner
 from somaagent.observability.logging import configure_logging
@@ -167,6 +168,7 @@ def main() -> None:
         port=settings.port("gateway_port"),
         log_level="warning",
         access_log=False,
+        http=GatewayHttpProtocol,  # a response's head and body in one write
         # Nothing here reads the client's address, so uvicorn's X-Forwarded-* rewriting (a
         # middleware layer around every request) would only cost time.
         proxy_headers=False,
