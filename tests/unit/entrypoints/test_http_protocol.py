@@ -63,7 +63,10 @@ def run(scenario: Scenario, loop_factory: Callable[[], asyncio.AbstractEventLoop
         loop.close()
 
 
-LOOPS = [pytest.param(asyncio.new_event_loop, id="asyncio"), pytest.param(uvloop.new_event_loop, id="uvloop")]
+LOOPS = [
+    pytest.param(asyncio.new_event_loop, id="asyncio"),
+    pytest.param(uvloop.new_event_loop, id="uvloop"),
+]
 
 
 async def _settle() -> None:
