@@ -50,6 +50,7 @@ class KafkaPublisher:
         client_id: str = "somaagent",
         message_timeout_ms: int = 10_000,
         probe_interval_s: float = 1.0,
+        serve_interval_s: float = 0.1,
         extra_config: dict[str, Any] | None = None,
     ) -> None:
         self._bootstrap = bootstrap
@@ -75,6 +76,7 @@ class KafkaPublisher:
         self.spool = spool
         self.stats = PublisherStats()
         self._probe_interval_s = probe_interval_s
+        self._serve_interval_s = serve_interval_s
         self._lock = threading.Lock()
         self._degraded = spool.depth > 0  # records left by a previous run are replayed first
         if self._degraded:
@@ -111,7 +113,11 @@ class KafkaPublisher:
                     self._enter_degraded("local producer queue full")
                     self.stats.spooled += len(records)
                     return
-        # Delivery reports are served by the background thread (``_run``), in batches.
+        # Delivery reports that came in since are served here, without waiting: in the
+        # caller's thread they need no hand-over of the GIL from a thread beside it, which
+        # on the gateway's one core is a context switch, and the event loop waits for it.
+        # The background thread serves what is left when nothing is being published.
+        self._serve(0)
 
     def publish(self, topic: str, key: bytes, value: bytes) -> None:
         self.publish_many([(topic, key, value)])
@@ -221,8 +227,8 @@ class KafkaPublisher:
 
     def _run(self) -> None:
         next_checkpoint = time.monotonic() + 1.0
-        while not self._stop.is_set():
-            self._serve(0.1)
+        while not self._stop.wait(self._serve_interval_s):
+            self._serve(0)
             if self._fatal.is_set():
                 self._renew_producer()
             if self._degraded and self._broker_reachable():
