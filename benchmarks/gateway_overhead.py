@@ -284,7 +284,15 @@ def telemetry_check(settings: Settings, gateway_ok: int) -> dict[str, Any]:
     topic = settings.topics.slm_metrics
     parts = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=5)
     tps = [TopicPartition(topic, p) for p in parts.topics[topic].partitions]
-    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": settings.worker_group})
+    # read_uncommitted: the high watermark itself, not the last stable offset (the broker
+    # may report that one a little behind the end of the log)
+    probe = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": settings.worker_group,
+            "isolation.level": "read_uncommitted",
+        }
+    )
     try:
         # Publishing is asynchronous (spool first, then Kafka): wait until the worker has
         # committed every call's event or nothing moves for 10 s.

@@ -103,6 +103,27 @@ def test_publish_delivers_and_acknowledges(stack: Settings, spool_dir: Path) -> 
     assert consume_all(stack.url("kafka_bootstrap"), topic, 2000) == values
 
 
+def test_the_caller_serves_delivery_reports(stack: Settings, spool_dir: Path) -> None:
+    topic = f"pub-{uuid.uuid4().hex[:8]}"
+    publisher = KafkaPublisher(  # once the caller serves, the background thread waits 60 s
+        bootstrap=stack.url("kafka_bootstrap"), spool=Spool(spool_dir), serve_interval_s=60
+    )
+    try:
+        publisher.serve_deliveries()
+        time.sleep(0.2)  # the background thread is in its wait now
+        publisher.publish_many([(topic, b"tenant-a", f"e{i}".encode()) for i in range(300)])
+        time.sleep(0.5)  # reports in, not served
+        assert publisher.spool.depth == 300
+        deadline = time.monotonic() + 30
+        while publisher.spool.depth and time.monotonic() < deadline:
+            publisher.serve_deliveries()
+            time.sleep(0.01)
+        assert publisher.spool.depth == 0
+        assert publisher.stats.delivered == 300
+    finally:
+        publisher.close()
+
+
 @pytest.fixture()
 def private_broker() -> Iterator[Supervisor]:
     with private_stack("outage", 27000, ["kafka"]) as supervisor:

@@ -77,6 +77,7 @@ class KafkaPublisher:
         self.stats = PublisherStats()
         self._probe_interval_s = probe_interval_s
         self._serve_interval_s = serve_interval_s
+        self._served_at = float("-inf")
         self._lock = threading.Lock()
         self._degraded = spool.depth > 0  # records left by a previous run are replayed first
         if self._degraded:
@@ -113,10 +114,19 @@ class KafkaPublisher:
                     self._enter_degraded("local producer queue full")
                     self.stats.spooled += len(records)
                     return
-        # Delivery reports that came in since are served here, without waiting: in the
-        # caller's thread they need no hand-over of the GIL from a thread beside it, which
-        # on the gateway's one core is a context switch, and the event loop waits for it.
-        # The background thread serves what is left when nothing is being published.
+        # Delivery reports are served by ``serve_deliveries`` (the gateway calls it after
+        # each answer) or, when that has not been called for ``serve_interval_s``, by the
+        # background thread.
+
+    def serve_deliveries(self) -> None:
+        """Serve the delivery reports that have come in, without waiting.
+
+        In the caller's thread they need no hand-over of the GIL from a thread beside it
+        (on the gateway's one core, a context switch the event loop waits for); called
+        after an answer has left, they cost no caller any time. While this is called, the
+        background thread leaves the reports (and the client's error events) to it.
+        """
+        self._served_at = time.monotonic()
         self._serve(0)
 
     def publish(self, topic: str, key: bytes, value: bytes) -> None:
@@ -227,8 +237,11 @@ class KafkaPublisher:
 
     def _run(self) -> None:
         next_checkpoint = time.monotonic() + 1.0
-        while not self._stop.wait(self._serve_interval_s):
-            self._serve(0)
+        while not self._stop.is_set():
+            if time.monotonic() - self._served_at < self._serve_interval_s:
+                self._stop.wait(self._serve_interval_s)  # the publishing side serves
+            else:
+                self._serve(0.1)  # returns as soon as a report or an error is served
             if self._fatal.is_set():
                 self._renew_producer()
             if self._degraded and self._broker_reachable():

@@ -98,6 +98,11 @@ class HotPaths:
             scope["app"] = self.app
             response = await chat_completions(Request(scope, receive))
             await response(scope, receive, send)
+            # The answer has left: the Kafka client's delivery reports for earlier events
+            # are served now, in this thread, while the client reads it.
+            publisher = self.app.state.container.publisher
+            if publisher is not None:
+                publisher.serve_deliveries()
             return
         await self.app(scope, receive, send)
 
