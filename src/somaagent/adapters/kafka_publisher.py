@@ -83,10 +83,10 @@ class KafkaPublisher:
         if self._degraded:
             self.stats.degraded_since = time.time()
         self._fatal = threading.Event()
-        # Delivery callbacks only note the record here; whoever served them (the background
-        # thread, or ``flush``) then acknowledges the lot in the spool under one lock. A
-        # callback runs holding the GIL, in a thread beside the caller's event loop: the
-        # less each one does, the shorter the loop's waits for the GIL.
+        # Delivery callbacks only note the record here; whoever served them
+        # (``serve_deliveries``, the background thread or ``flush``) then acknowledges the
+        # lot in the spool under one lock. A callback runs holding the GIL, often in a
+        # thread beside the caller's event loop: the less each does, the less the loop waits.
         self._acked: deque[int] = deque()
         self._stats_lock = threading.Lock()
         self._producer = Producer(self._config)

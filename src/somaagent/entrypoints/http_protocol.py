@@ -6,8 +6,8 @@ uvicorn writes the status line and headers as soon as the app sends
 calls and two TCP segments per answer, and a client that reads the head first wakes up
 twice. Here the head waits for the next write of the same connection, or for the end of the
 current turn of the event loop (``call_soon``) when no body follows at once, and both leave
-together. Nothing is reordered or dropped: ``close`` sends a held head first, ``abort``
-discards it with the connection.
+together. Nothing is reordered or dropped: ``close`` and ``write_eof`` send a held head
+first, ``abort`` discards it with the connection.
 """
 
 from __future__ import annotations
@@ -55,6 +55,10 @@ class JoinedHeadTransport:
     def close(self) -> None:
         self._release()
         self._transport.close()
+
+    def write_eof(self) -> None:
+        self._release()
+        self._transport.write_eof()
 
     def abort(self) -> None:
         self._held = None

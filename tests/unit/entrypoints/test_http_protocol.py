@@ -108,7 +108,7 @@ def test_a_head_alone_leaves_on_the_next_turn_of_the_loop(
 
 
 @pytest.mark.parametrize("loop_factory", LOOPS)
-def test_close_sends_a_held_head_first_and_abort_drops_it(
+def test_close_and_eof_send_a_held_head_first_and_abort_drops_it(
     loop_factory: Callable[[], asyncio.AbstractEventLoop],
 ) -> None:
     async def closing(
@@ -130,7 +130,15 @@ def test_close_sends_a_held_head_first_and_abort_drops_it(
             got = b""
         assert got == b""  # the held head went with the connection
 
+    async def ending(
+        t: JoinedHeadTransport, reader: asyncio.StreamReader, raw: asyncio.Transport
+    ) -> None:
+        t.write(HEAD)
+        t.write_eof()
+        assert await asyncio.wait_for(reader.read(), 2) == HEAD  # then end of stream
+
     run(closing, loop_factory)
+    run(ending, loop_factory)
     run(aborting, loop_factory)
 
 
