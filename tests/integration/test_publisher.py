@@ -54,8 +54,7 @@ def test_spool_survives_restart_and_drops_a_torn_tail(spool_dir: Path) -> None:
     with pytest.raises(SpoolLockedError):
         Spool(spool_dir)
     seqs = spool.append_many([("t", b"k", f"v{i}".encode()) for i in range(10)])
-    for seq in seqs[:4]:
-        spool.ack(seq)
+    spool.ack_many(seqs[:4])
     spool.checkpoint()
     spool.close()
     segment = sorted(spool_dir.glob("*.seg"))[-1]
@@ -74,7 +73,7 @@ def test_checkpoint_drops_delivered_segments_and_keeps_the_rest(spool_dir: Path)
     segments = len(list(spool_dir.glob("*.seg")))
     assert segments > 4
     spool.ack_many(seqs[:45])
-    spool.ack(seqs[50])  # out of order: the watermark stays at the first undelivered
+    spool.ack_many([seqs[50]])  # out of order: the watermark stays at the first undelivered
     spool.checkpoint()
     assert int((spool_dir / "watermark").read_text()) == seqs[45]
     assert 1 <= len(list(spool_dir.glob("*.seg"))) < segments

@@ -195,13 +195,8 @@ class Spool:
         return self.append_many([(topic, key, value)])[0]
 
     # ------------------------------------------------------------------ ack / replay
-    def ack(self, seq: int) -> None:
-        """Mark ``seq`` delivered (acks may arrive in any order)."""
-        with self._mutex:
-            self._unacked.discard(seq)
-
     def ack_many(self, seqs: list[int]) -> None:
-        """Mark every one of ``seqs`` delivered, under one lock."""
+        """Mark every one of ``seqs`` delivered, under one lock (in any order)."""
         with self._mutex:
             self._unacked.difference_update(seqs)
 
