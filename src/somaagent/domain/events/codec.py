@@ -12,11 +12,13 @@ import re
 import threading
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
-from somaagent.domain.events._catalog import Event
+from somaagent.domain.events._catalog import EVENT_TYPES, Event
 from somaagent.domain.events._errors import ContractError
+from somaagent.domain.events._producer_check import ProducerCheck
 from somaagent.domain.events._types import dec_hook, enc_hook
 from somaagent.domain.randomness import random_bytes
 
@@ -72,16 +74,21 @@ class Codec:
         self.max_bytes = max_bytes
         self._decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event, dec_hook=dec_hook)
         self._encoder = msgspec.json.Encoder(enc_hook=enc_hook)
+        self._check = ProducerCheck(EVENT_TYPES.values(), dec_hook)
         self._id_lock = threading.Lock()
         self._last_id_clock = 0
 
     def decode(self, data: bytes | bytearray | memoryview) -> Event:
         """Parse and validate one event; raise ``ContractError`` saying what is wrong."""
+        event: Event = self._validate(data, self._decoder)
+        return event
+
+    def _validate(self, data: bytes | bytearray | memoryview, decoder: Any) -> Any:
         size = len(data) if type(data) is bytes else memoryview(data).nbytes
         if size > self.max_bytes:
             raise ContractError(f"oversize: {size} bytes, limit {self.max_bytes}")
         try:
-            return self._decoder.decode(data)
+            return decoder.decode(data)
         except msgspec.ValidationError as exc:
             raise ContractError(_reason(exc)) from None
         except msgspec.DecodeError as exc:
@@ -91,13 +98,15 @@ class Codec:
         """Serialise ``event``, then validate the bytes exactly as a consumer will.
 
         Constructing a Struct in Python checks no constraint; this is where a producer finds
-        out, before anything is published.
+        out, before anything is published. The free-form JSON objects are checked on the
+        Python side and scanned, not rebuilt, in the bytes (see ``_producer_check``).
         """
+        self._check.check_objects(event)
         try:
             data = self._encoder.encode(event)
         except (TypeError, NotImplementedError, msgspec.EncodeError) as exc:
             raise ContractError(f"not encodable: {exc}") from None
-        self.decode(data)
+        self._validate(data, self._check.decoder)
         return data
 
     def new_event_id(self) -> str:
