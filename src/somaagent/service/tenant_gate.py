@@ -23,24 +23,27 @@ class TenantGate:
     def __init__(self) -> None:
         self._states: dict[str, _GateState] = {}
 
-    @contextlib.asynccontextmanager
-    async def shared(self, tenant: str) -> AsyncIterator[None]:
+    def shared(self, tenant: str) -> _Shared:
+        """``async with gate.shared(tenant):`` an operation, alongside the other shared ones."""
+        return _Shared(self, tenant)
+
+    def _enter_shared(self, tenant: str) -> _GateState | None:
+        """The tenant's state with one more reader, or None while it is held exclusively."""
         st = self._states.get(tenant)
-        while st is not None and st.closed is not None:
-            await asyncio.shield(st.closed)
-            st = self._states.get(tenant)
+        if st is not None and st.closed is not None:
+            return None
         if st is None:
             st = self._states[tenant] = _GateState()
         st.readers += 1
-        try:
-            yield
-        finally:
-            st.readers -= 1
-            if st.readers == 0:
-                if st.drained is not None and not st.drained.done():
-                    st.drained.set_result(None)
-                elif st.closed is None and self._states.get(tenant) is st:
-                    del self._states[tenant]
+        return st
+
+    def _exit_shared(self, tenant: str, st: _GateState) -> None:
+        st.readers -= 1
+        if st.readers == 0:
+            if st.drained is not None and not st.drained.done():
+                st.drained.set_result(None)
+            elif st.closed is None and self._states.get(tenant) is st:
+                del self._states[tenant]
 
     @contextlib.asynccontextmanager
     async def exclusive(self, tenant: str) -> AsyncIterator[None]:
@@ -61,3 +64,31 @@ class TenantGate:
             closed.set_result(None)
             if st.readers == 0 and self._states.get(tenant) is st:
                 del self._states[tenant]
+
+
+class _Shared:
+    """``TenantGate.shared``: a plain class rather than a generator context manager, which
+    costs an async generator (and its registration with the event loop) per use; every
+    budget operation of a call enters one."""
+
+    __slots__ = ("_gate", "_state", "_tenant")
+
+    def __init__(self, gate: TenantGate, tenant: str) -> None:
+        self._gate = gate
+        self._tenant = tenant
+        self._state: _GateState | None = None
+
+    async def __aenter__(self) -> None:
+        gate, tenant = self._gate, self._tenant
+        st = gate._enter_shared(tenant)
+        while st is None:  # held exclusively: wait for the holder to finish, then retry
+            closed = gate._states[tenant].closed
+            assert closed is not None
+            await asyncio.shield(closed)
+            st = gate._enter_shared(tenant)
+        self._state = st
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        st, self._state = self._state, None
+        if st is not None:
+            self._gate._exit_shared(self._tenant, st)
