@@ -1,6 +1,7 @@
 """Bytes <-> events, with the contract enforced both ways; event ids and timestamps.
 
-The producer and the consumer validate with the same compiled msgspec decoder. It applies
+The producer and the consumer validate with the same msgspec types (the producer scans its
+free-form JSON objects rather than rebuilding them; see ``_producer_check``). They apply
 exactly the constraints the shipped JSON Schemas state (a test proves they agree) plus the
 cross-field invariants JSON Schema cannot express, at a small fraction of the cost of a
 Python JSON Schema validator.
