@@ -27,24 +27,6 @@ class TenantGate:
         """``async with gate.shared(tenant):`` an operation, alongside the other shared ones."""
         return _Shared(self, tenant)
 
-    def _enter_shared(self, tenant: str) -> _GateState | None:
-        """The tenant's state with one more reader, or None while it is held exclusively."""
-        st = self._states.get(tenant)
-        if st is not None and st.closed is not None:
-            return None
-        if st is None:
-            st = self._states[tenant] = _GateState()
-        st.readers += 1
-        return st
-
-    def _exit_shared(self, tenant: str, st: _GateState) -> None:
-        st.readers -= 1
-        if st.readers == 0:
-            if st.drained is not None and not st.drained.done():
-                st.drained.set_result(None)
-            elif st.closed is None and self._states.get(tenant) is st:
-                del self._states[tenant]
-
     @contextlib.asynccontextmanager
     async def exclusive(self, tenant: str) -> AsyncIterator[None]:
         while True:
@@ -79,16 +61,24 @@ class _Shared:
         self._state: _GateState | None = None
 
     async def __aenter__(self) -> None:
-        gate, tenant = self._gate, self._tenant
-        st = gate._enter_shared(tenant)
-        while st is None:  # held exclusively: wait for the holder to finish, then retry
-            closed = gate._states[tenant].closed
-            assert closed is not None
-            await asyncio.shield(closed)
-            st = gate._enter_shared(tenant)
+        states, tenant = self._gate._states, self._tenant
+        st = states.get(tenant)
+        while st is not None and st.closed is not None:  # held exclusively: wait it out
+            await asyncio.shield(st.closed)
+            st = states.get(tenant)
+        if st is None:
+            st = states[tenant] = _GateState()
+        st.readers += 1
         self._state = st
 
     async def __aexit__(self, *exc_info: object) -> None:
         st, self._state = self._state, None
-        if st is not None:
-            self._gate._exit_shared(self._tenant, st)
+        if st is None:
+            return
+        st.readers -= 1
+        if st.readers == 0:
+            states, tenant = self._gate._states, self._tenant
+            if st.drained is not None and not st.drained.done():
+                st.drained.set_result(None)
+            elif st.closed is None and states.get(tenant) is st:
+                del states[tenant]
