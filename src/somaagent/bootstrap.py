@@ -301,7 +301,12 @@ def build_gate(
         settings.url("redis_url"), defer_s=settings.budget_settle_defer_ms / 1000
     )
     budgets = BudgetService(
-        store, counters, ChargeWriter(store), cache_ttl_s=settings.budget_cache_s
+        store,
+        counters,
+        ChargeWriter(store),
+        cache_ttl_s=settings.budget_cache_s,
+        allotment_calls=settings.budget_allotment_calls,
+        allotment_s=settings.budget_allotment_s,
     )
     bundle = load_policy_bundle(settings.policy_dir)
     policy: InProcessPolicyEngine | RestPolicyEngine = (

@@ -206,6 +206,11 @@ class Settings(BaseSettings):
     # A settle the caller does not wait for may wait this long for the next Redis command
     # of the process, to share its write and round trip (0: sent at once).
     budget_settle_defer_ms: float = Field(default=2.0, ge=0, le=1000)
+    # Allotments (service/budget_allotments.py): the gateway holds this many calls' worst
+    # case of a budget in Redis at a time (at most 1/16 of a limit) and reserves calls from
+    # it without a round trip; each funds calls for budget_allotment_s (0 calls: off).
+    budget_allotment_calls: int = Field(default=64, ge=0, le=100_000)
+    budget_allotment_s: float = Field(default=0.5, gt=0, le=60)
     # Traces: OpenTelemetry spans, exported over OTLP/HTTP, to stdout, or not at all.
     otel_exporter: Literal["none", "console", "otlp"] = "none"
     otel_endpoint: str | None = None  # OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces

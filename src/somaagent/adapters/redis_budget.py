@@ -235,15 +235,21 @@ class RedisBudgetCounters:
         actual: Amounts,
         *,
         deferred: bool = False,
+        per_counter: Sequence[Amounts] | None = None,
     ) -> Awaitable[SettleStatus]:
         """Free the reservation's held units and add ``actual`` to spent (see the script).
 
         Like ``release``, the command is queued on the connection when this is called (see
         ``RespClient.submit_script``); awaiting gives its status. ``deferred``: it may wait
-        up to ``defer_s`` to leave with this process's next command.
+        up to ``defer_s`` to leave with this process's next command. ``per_counter`` (an
+        allotment's close): the units each counter's spent gets instead of ``actual``.
         """
         keys = self._tenant_keys(tenant, reservation_id) + list(counters)
         args = [reservation_id, _words(actual), self._done_ttl_arg]
+        if per_counter is not None:
+            if len(per_counter) != len(counters):
+                raise ValueError("per_counter needs one amount per counter")
+            args += [_words(a) for a in per_counter]
         defer_s = self._defer_s if deferred else 0.0
         return self._status(self._resp.submit_script(self._settle, keys, args, defer_s=defer_s))
 

@@ -70,6 +70,7 @@ class BudgetCounters(Protocol):
         actual: Amounts,
         *,
         deferred: bool = False,
+        per_counter: Sequence[Amounts] | None = None,
     ) -> Awaitable[SettleStatus]: ...
     def release(
         self, tenant: str, reservation_id: str, counters: Sequence[str], *, deferred: bool = False

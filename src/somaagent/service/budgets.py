@@ -25,16 +25,14 @@ import builtins
 import contextlib
 import logging
 import math
-import re
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 
 from somaagent.adapters.redis_budget import (
-    CounterValues,
     RebuildCounter,
     RebuildReservation,
     SettleStatus,
@@ -49,7 +47,6 @@ from somaagent.domain.budgets import (
     BudgetUnavailable,
     BudgetUpdate,
     Charge,
-    Dimension,
     Limits,
     ResetRecord,
     Window,
@@ -58,7 +55,27 @@ from somaagent.domain.budgets import (
     summarize,
     window_of,
 )
+from somaagent.service.budget_allotments import (
+    ALLOTMENT_PREFIX,
+    MARGIN_MS,
+    Allotment,
+    allotment_size,
+)
 from somaagent.service.budget_ports import BudgetCounters, BudgetRepository, ChargeLedger
+from somaagent.service.budget_records import (
+    CounterReport,
+    Exceeded,
+    RebuildReport,
+    ReserveOutcome,
+    Spec,
+    UnknownReservation,
+    _check_reservation_id,
+    _limits_of,
+    _now,
+    _Open,
+    _reports,
+    _states_of,
+)
 from somaagent.service.tenant_gate import TenantGate
 
 __all__ = [
@@ -76,127 +93,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("somaagent.budgets")
-_RESERVATION_ID_RE = re.compile(r"[!-~]{1,128}")
 _COUNTER_GRACE_S = 86_400  # a counter outlives its window by a day
 _KEEP_EXPIRED_S = 3_600  # an unsettled reservation is forgotten an hour after its deadline
 _KEEP_REFUSED_S = 60  # a refused one (settle still allowed) a minute after
 _FINISHED_KEPT = 100_000  # ids remembered as settled, so a repeat is a no-op
-Spec = tuple[Budget, Window]
-
-
-class UnknownReservation(BudgetError):
-    """``settle``/``release`` of an id this process never reserved (or forgot long ago)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Exceeded:
-    """One limit a reservation would pass: units of ``dimension`` (tokens, nano-USD, GPU us)."""
-
-    budget: Budget
-    window: Window
-    dimension: Dimension
-    limit: int
-    requested: int
-    remaining: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReserveOutcome:
-    """``ok``: held on every budget in ``budgets`` until ``deadline_ms`` (Unix ms, Redis
-    clock; ``None`` when no budget applies). Otherwise nothing is held and ``exceeded``
-    names why; the id still accepts ``settle`` (a caller that runs the call anyway, in a
-    permissive mode, still has its spend counted) and ``release``. Truthy when ``ok``.
-    ``states``: each budget's counter as the reservation found it (before its own hold),
-    read in the same atomic script, so no separate ``state`` read is needed."""
-
-    ok: bool
-    reservation_id: str
-    budgets: tuple[Budget, ...]
-    exceeded: tuple[Exceeded, ...] = ()
-    deadline_ms: int | None = None
-    states: tuple[BudgetState, ...] = ()
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-
-@dataclass(frozen=True, slots=True)
-class CounterReport:
-    budget_id: str
-    tenant: str
-    window_key: str
-    key: str
-    rebuilt: bool  # False: the counter existed and was left alone
-    spent: Amounts
-    reserved: Amounts
-
-
-@dataclass(frozen=True, slots=True)
-class RebuildReport:
-    counters: tuple[CounterReport, ...]
-
-    @property
-    def rebuilt(self) -> int:
-        return sum(c.rebuilt for c in self.counters)
-
-
-@dataclass(slots=True)
-class _Open:
-    tenant: str
-    persona: str
-    at: datetime
-    amounts: Amounts
-    keys: tuple[str, ...]
-    deadline_ms: int
-    held: bool = True  # False: refused, nothing held in Redis (a settle still counts)
-    actual: Amounts | None = None  # set once settled; None for a release
-
-
-def _limits_of(cache: dict[Budget, Limits], budget: Budget) -> Limits:
-    limits = cache.get(budget)
-    if limits is None:
-        limits = cache[budget] = budget.limits()
-    return limits
-
-
-def _states_of(
-    cache: dict[Budget, Limits], specs: Sequence[Spec], values: Sequence[CounterValues]
-) -> tuple[BudgetState, ...]:
-    """The budgets' states from their counters' values (in spec order)."""
-    return tuple(
-        BudgetState(budget, window, _limits_of(cache, budget), value.spent, value.reserved)
-        for (budget, window), value in zip(specs, values, strict=True)
-    )
-
-
-def _reports(
-    tenant: str,
-    specs: Sequence[Spec],
-    keys: Sequence[str],
-    values: Sequence[CounterValues | None],
-    rebuilt: set[str],
-) -> builtins.list[CounterReport]:
-    return [
-        CounterReport(
-            b.budget_id,
-            tenant,
-            w.key,
-            key,
-            key in rebuilt,
-            v.spent if v else Amounts(),
-            v.reserved if v else Amounts(),
-        )
-        for (b, w), key, v in zip(specs, keys, values, strict=True)
-    ]
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _check_reservation_id(rid: str) -> None:
-    if not isinstance(rid, str) or not _RESERVATION_ID_RE.fullmatch(rid):
-        raise BudgetError("reservation_id must be 1-128 printable ASCII characters, no spaces")
+AllotmentKey = tuple[str, tuple[str, ...]]  # tenant, counter keys
 
 
 class BudgetService:
@@ -212,7 +113,11 @@ class BudgetService:
         cache_max_tenants: int = 10_000,
         retry_interval_s: float = 0.5,
         clock: Callable[[], datetime] = _now,
+        allotment_calls: int = 0,
+        allotment_s: float = 0.5,
     ) -> None:
+        """``allotment_calls`` > 0: reserve calls from allotments of that many worst cases,
+        each funding calls for ``allotment_s`` (``service.budget_allotments``)."""
         self._store = store
         self._counters = counters
         self._writer = writer
@@ -232,6 +137,13 @@ class BudgetService:
         self._finished: OrderedDict[str, None] = OrderedDict()  # recently settled ids
         self._maintenance: asyncio.Task[None] | None = None
         self._telling: set[asyncio.Task[None]] = set()  # settles sent without waiting
+        self._allot_calls = allotment_calls
+        self._allot_s = allotment_s
+        self._allotments: dict[AllotmentKey, Allotment] = {}  # the one funding new calls
+        self._spare: dict[AllotmentKey, Allotment] = {}  # opened early: funds calls next
+        self._allotted: dict[str, Allotment] = {}  # every open one, by reservation id
+        self._opening: dict[AllotmentKey, asyncio.Task[Allotment | None]] = {}
+        self._tight: dict[AllotmentKey, float] = {}  # no allotment tried until then
 
     # -- budgets (CRUD invalidates this process's cache at once) ----------------------------
 
@@ -260,6 +172,8 @@ class BudgetService:
         self._cache_epoch += 1
         self._cache.pop(tenant, None)
         self._loading.pop(tenant, None)
+        for allot in [a for a in self._allotted.values() if a.tenant == tenant]:
+            self._drain(allot)  # limits may have changed: new allotments under the new ones
 
     async def applicable(self, tenant: str, persona: str) -> builtins.list[Budget]:
         """The tenant-wide and ``persona`` budgets of ``tenant``, from a cache that lives
@@ -328,6 +242,12 @@ class BudgetService:
             return ReserveOutcome(True, reservation_id, budgets)
         limits = [(k, _limits_of(self._limits, b)) for k, (b, _) in zip(keys, specs, strict=True)]
         lifetime_ms = math.ceil(deadline_s * 1000)
+        if self._allot_calls > 0:
+            funded = await self._reserve_allotted(
+                tenant, persona, at, amounts, reservation_id, specs, limits, lifetime_ms
+            )
+            if funded is not None:
+                return funded
         for attempt in (1, 2):
             async with self._gate.shared(tenant):
                 result = await self._counters.reserve(
@@ -437,6 +357,11 @@ class BudgetService:
                         counters=r.keys,
                     )
                 )
+            if r.allotment is not None:  # funded by an allotment: owed there, Redis not told
+                r.allotment.give_back(r.amounts, actual)
+                if r.allotment.closable:
+                    self._close_allotment(r.allotment)
+                return
             if r.keys and (r.held or actual is not None):
                 if wait:
                     await self._tell_redis(rid, r)
@@ -461,7 +386,9 @@ class BudgetService:
     def _send_redis(self, rid: str, r: _Open, *, deferred: bool = False) -> Awaitable[SettleStatus]:
         if r.actual is None:
             return self._counters.release(r.tenant, rid, r.keys, deferred=deferred)
-        return self._counters.settle(r.tenant, rid, r.keys, r.actual, deferred=deferred)
+        return self._counters.settle(
+            r.tenant, rid, r.keys, r.actual, deferred=deferred, per_counter=r.per_counter
+        )
 
     async def _tell_redis(
         self, rid: str, r: _Open, sent: Awaitable[SettleStatus] | None = None
@@ -473,6 +400,185 @@ class BudgetService:
             self._unsettled[rid] = r
         else:
             self._unsettled.pop(rid, None)
+
+    # -- allotments (service.budget_allotments) ---------------------------------------------
+
+    async def _reserve_allotted(
+        self,
+        tenant: str,
+        persona: str,
+        at: datetime,
+        amounts: Amounts,
+        rid: str,
+        specs: Sequence[Spec],
+        limits: Sequence[tuple[str, Limits]],
+        lifetime_ms: int,
+    ) -> ReserveOutcome | None:
+        """Fund the call from this process's allotment for its counters, opening one when
+        none has room; ``None``: reserve it on its own (near a limit, or no room)."""
+        keys = tuple(k for k, _ in limits)
+        key = (tenant, keys)
+        allot = self._funding(key, amounts, lifetime_ms)
+        if allot is None:
+            if self._tight.get(key, 0.0) > time.monotonic():
+                return None
+            await self._open_allotment(key, persona, at, amounts, limits, lifetime_ms)
+            allot = self._funding(key, amounts, lifetime_ms)
+            if allot is None:
+                return None
+            if rid in self._open or rid in self._finished:  # the same id, meanwhile
+                raise BudgetError(f"reservation id {rid} was used already")
+        states = _states_of(self._limits, specs, allot.values())
+        allot.take(amounts)
+        now = time.monotonic()
+        if allot.low(now) and key not in self._spare and self._tight.get(key, 0.0) <= now:
+            # The next one opens now, so no call waits for it when this one runs out.
+            self._opening_task(key, persona, at, amounts, limits, lifetime_ms)
+        deadline_ms = int(time.time() * 1000) + lifetime_ms
+        self._open[rid] = _Open(tenant, persona, at, amounts, keys, deadline_ms, allotment=allot)
+        return ReserveOutcome(True, rid, tuple(b for b, _ in specs), (), deadline_ms, states)
+
+    def _funding(self, key: AllotmentKey, worst: Amounts, lifetime_ms: int) -> Allotment | None:
+        """The allotment that funds a call of ``worst``: the current one, or the spare one
+        (which becomes current, the other draining); ``None`` when neither can."""
+        now = time.monotonic()
+        current = self._allotments.get(key)
+        if current is not None and current.fits(worst, lifetime_ms, now):
+            return current
+        spare = self._spare.get(key)
+        if spare is None or not spare.fits(worst, lifetime_ms, now):
+            return None
+        del self._spare[key]
+        if current is not None:
+            self._drain(current)
+        self._allotments[key] = spare
+        return spare
+
+    async def _open_allotment(
+        self,
+        key: AllotmentKey,
+        persona: str,
+        at: datetime,
+        worst: Amounts,
+        limits: Sequence[tuple[str, Limits]],
+        lifetime_ms: int,
+    ) -> Allotment | None:
+        """A new allotment for ``key``; concurrent callers share one opening."""
+        return await asyncio.shield(
+            self._opening_task(key, persona, at, worst, limits, lifetime_ms)
+        )
+
+    def _opening_task(
+        self,
+        key: AllotmentKey,
+        persona: str,
+        at: datetime,
+        worst: Amounts,
+        limits: Sequence[tuple[str, Limits]],
+        lifetime_ms: int,
+    ) -> asyncio.Task[Allotment | None]:
+        task = self._opening.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(
+                self._new_allotment(key, persona, at, worst, limits, lifetime_ms)
+            )
+            self._opening[key] = task
+
+            def done(t: asyncio.Task[Allotment | None]) -> None:
+                if self._opening.get(key) is t:
+                    del self._opening[key]
+                if not t.cancelled():
+                    t.exception()  # retrieved: each waiter sees it
+
+            task.add_done_callback(done)
+        return task
+
+    async def _new_allotment(
+        self,
+        key: AllotmentKey,
+        persona: str,
+        at: datetime,
+        worst: Amounts,
+        limits: Sequence[tuple[str, Limits]],
+        lifetime_ms: int,
+    ) -> Allotment | None:
+        tenant, keys = key
+        size = allotment_size(worst, self._allot_calls, [lim for _, lim in limits])
+        if size is None:
+            self._tight[key] = time.monotonic() + self._allot_s
+            return None
+        rid = f"{ALLOTMENT_PREFIX}{uuid.uuid4().hex}"
+        life_ms = lifetime_ms + math.ceil(self._allot_s * 1000) + 2 * MARGIN_MS
+        async with self._gate.shared(tenant):
+            opened = time.monotonic()  # before the script: Redis's deadline is later
+            result = await self._counters.reserve(tenant, rid, limits, size, life_ms)
+            if result.status != "reserved":  # near a limit, or counters to rebuild first
+                self._tight[key] = time.monotonic() + self._allot_s
+                return None
+            assert result.deadline_ms is not None
+            allot = Allotment(
+                rid, tenant, keys, size, opened, opened + self._allot_s, life_ms, result.values
+            )
+            # Held like any reservation: a rebuild puts it back, the reaper frees it.
+            self._open[rid] = _Open(tenant, persona, at, size, keys, result.deadline_ms)
+            self._allotted[rid] = allot
+            spare = self._spare.get(key)
+            if spare is not None:  # opened for a call it could not fund
+                self._drain(spare, in_gate=True)
+            if key in self._allotments:
+                self._spare[key] = allot  # the current one funds calls while it can
+            else:
+                self._allotments[key] = allot
+        asyncio.get_running_loop().call_later(self._allot_s, self._drain, allot)
+        return allot
+
+    def _drain(self, allot: Allotment, *, in_gate: bool = False) -> None:
+        """Fund no more calls from ``allot``; close it once its last call has settled."""
+        allot.draining = True
+        key = (allot.tenant, allot.keys)
+        if self._allotments.get(key) is allot:
+            del self._allotments[key]
+        if self._spare.get(key) is allot:
+            del self._spare[key]
+        if allot.closable:
+            if in_gate:
+                self._close_allotment(allot)
+            else:
+                self._spawn(self._close_later(allot))
+
+    async def _close_later(self, allot: Allotment) -> None:
+        async with self._gate.shared(allot.tenant):
+            self._close_allotment(allot)
+
+    def _close_allotment(self, allot: Allotment) -> None:
+        """Turn the hold into what the funded calls owe, per counter (one settle script,
+        queued now; retried in the background like any settle)."""
+        rid = allot.reservation_id
+        if self._allotted.pop(rid, None) is None:
+            return
+        r = self._open.pop(rid, None)
+        if r is None:
+            return  # forgotten long past its deadline
+        self._finished[rid] = None
+        r.actual = allot.settled
+        r.per_counter = tuple(allot.owed)
+        self._unsettled[rid] = r
+        self._spawn(self._tell_later(rid, r, self._send_redis(rid, r, deferred=True)))
+
+    def _forgive(self, tenant: str, keys: set[str]) -> None:
+        """Counters ``keys`` were rebuilt from the ledger or reset: the open allotments on
+        them owe them nothing so far, and fund no more calls (their snapshot is stale)."""
+        if not keys:
+            return
+        for allot in list(self._allotted.values()):
+            if allot.tenant == tenant and not keys.isdisjoint(allot.keys):
+                allot.forgive(keys)
+                self._drain(allot, in_gate=True)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._telling.add(task)
+        task.add_done_callback(self._telling.discard)
 
     def _window(self, budget: Budget, at: datetime) -> Window:
         """``window_of``, reusing the last window of the same kind and zone while it holds."""
@@ -505,6 +611,10 @@ class BudgetService:
                     if r.held:
                         log.warning("forgetting reservation %s: never settled or released", rid)
                     del self._open[rid]
+                    self._allotted.pop(rid, None)  # its hold was reaped at its deadline
+            now = time.monotonic()
+            for key in [k for k, until in self._tight.items() if until <= now]:
+                del self._tight[key]
 
     # -- counters --------------------------------------------------------------------------
 
@@ -593,12 +703,13 @@ class BudgetService:
                     counters.append(RebuildCounter(keys[i], totals.units, expire, markers))
             holds = []
             for rid, r in self._open.items():
-                if r.tenant == tenant and r.held:
+                if r.tenant == tenant and r.held and r.allotment is None:
                     idx = tuple(j for j, i in enumerate(todo) if keys[i] in r.keys)
                     if idx:
                         holds.append(RebuildReservation(rid, r.deadline_ms, r.amounts, idx))
             flags = await self._counters.rebuild(tenant, counters, holds)
             rebuilt = {c.key for c, flag in zip(counters, flags, strict=True) if flag}
+            self._forgive(tenant, rebuilt)  # the ledger they were rebuilt from has those
             log.info("budget counters of %s rebuilt: %d of %d", tenant, len(rebuilt), len(todo))
         return _reports(tenant, specs, keys, await self._counters.read(keys), rebuilt)
 
@@ -665,6 +776,8 @@ class BudgetService:
             )
             if await self._counters.reset(key) is None:  # lost since: rebuild it post-reset
                 await self._rebuild_held(budget.tenant, [(budget, window)])
+            else:
+                self._forgive(budget.tenant, {key})  # what its allotments owe was spent before
         log.info("budget %s window %s reset by %s: %s", budget_id, window.key, actor, reason)
         return record
 
@@ -695,6 +808,10 @@ class BudgetService:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
             self._maintenance = None
+        for allot in list(self._allotted.values()):
+            allot.draining = True
+            if allot.inflight == 0:
+                self._close_allotment(allot)
         await asyncio.gather(*self._telling, return_exceptions=True)
         for rid, r in list(self._unsettled.items()):
             await self._tell_redis(rid, r)
