@@ -9,7 +9,9 @@ persona monthly), as a gateway request does. Each round measures, in this order:
 * ``ping``: the baseline, a Redis ``PING`` on the same client after each sequential pair
   (the cheapest possible round trip at the same moments, so ``ratio`` = reserve over it);
 * ``service``: the same through ``BudgetService`` (budget cache, tenant gate, the charge
-  writer batching every settle into PostgreSQL), sequential and concurrent.
+  writer batching every settle into PostgreSQL), sequential and concurrent;
+* ``allotted``: the same through a ``BudgetService`` with allotments of 64 calls (the
+  gateway's default, ``service.budget_allotments``): most pairs need no round trip.
 
 Rounds are interleaved so a noisy neighbour on this shared machine hits every variant; the
 verdict takes the median over rounds. Afterwards the counters must hold exactly the settled
@@ -167,8 +169,9 @@ async def measure(settings: Settings, n: int, clients: int, rounds: int) -> dict
     store = BudgetStore(dsn)
     writer = ChargeWriter(store)
     service = BudgetService(store, counters, writer)
+    allotted = BudgetService(store, counters, ChargeWriter(store), allotment_calls=64)
     try:
-        raw_tenant, svc_tenant = (f"bench-{uuid.uuid4().hex[:8]}" for _ in range(2))
+        raw_tenant, svc_tenant, allot_tenant = (f"bench-{uuid.uuid4().hex[:8]}" for _ in range(3))
         now = datetime.now(UTC)
         keys = [
             counter_key(raw_tenant, "0" * 16, now.strftime("%Y-%m-%d")),
@@ -176,18 +179,20 @@ async def measure(settings: Settings, n: int, clients: int, rounds: int) -> dict
         ]
         expire = int(now.timestamp()) + 86_400
         await counters.rebuild(raw_tenant, [RebuildCounter(k, Amounts(), expire) for k in keys], [])
-        for persona, window, zone in ((None, "daily", "UTC"), ("support", "monthly", "Asia/Tokyo")):
-            await service.create(
-                BudgetCreate(
-                    tenant=svc_tenant,
-                    persona=persona,
-                    window=window,  # type: ignore[arg-type]
-                    timezone=zone,
-                    limit_usd=Decimal(10**6),
-                    limit_tokens=10**15,
+        budgets = ((None, "daily", "UTC"), ("support", "monthly", "Asia/Tokyo"))
+        for tenant in (svc_tenant, allot_tenant):
+            for persona, window, zone in budgets:
+                await service.create(
+                    BudgetCreate(
+                        tenant=tenant,
+                        persona=persona,
+                        window=window,  # type: ignore[arg-type]
+                        timezone=zone,
+                        limit_usd=Decimal(10**6),
+                        limit_tokens=10**15,
+                    )
                 )
-            )
-        await service.state(svc_tenant, "support")
+            await service.state(tenant, "support")
         for _ in range(500):  # warm-up: connections, script cache
             await counters.client.ping()
         gc.collect()
@@ -203,21 +208,28 @@ async def measure(settings: Settings, n: int, clients: int, rounds: int) -> dict
                     "ping": raw.pop("ping"),
                     "scripts": raw,
                     "service": await run_pairs(service_pair(service, svc_tenant), n, clients),
+                    "allotted": await run_pairs(service_pair(allotted, allot_tenant), n, clients),
                 }
             )
         pairs = rounds * (n + n // clients * clients)  # sequential + concurrent per round
         expected = Amounts(*(pairs * x for x in ACTUAL.as_tuple()))
         values = await counters.read(keys)
+        # Closes its allotments (their spend reaches the counters) and writes its charges.
+        await allotted.aclose()
         await writer.flush()
-        states = await service.state(svc_tenant, "support")
-        [summary, _] = await service.summary(svc_tenant)
-        exact = {
-            "scripts": all(v and v.spent == expected and v.reserved == Amounts() for v in values),
-            "service": all(s.spent == expected and s.reserved == Amounts() for s in states)
-            and summary.spent_usd == ACTUAL_USD * pairs,
+        exact: dict[str, bool] = {
+            "scripts": all(v and v.spent == expected and v.reserved == Amounts() for v in values)
         }
+        for name, tenant in (("service", svc_tenant), ("allotted", allot_tenant)):
+            states = await service.state(tenant, "support")
+            [summary, _] = await service.summary(tenant)
+            exact[name] = (
+                all(s.spent == expected and s.reserved == Amounts() for s in states)
+                and summary.spent_usd == ACTUAL_USD * pairs
+            )
         return {"rounds": results, "exact": exact, "redis_server": await server_cost(counters)}
     finally:
+        await allotted.aclose()
         await service.aclose()
         await counters.aclose()
         await store.aclose()
@@ -247,7 +259,7 @@ def pin(redis_pid: int) -> dict[str, Any]:
 
 def verdict(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     def median(path: tuple[str, ...]) -> float:
-        values = []
+        values: list[float] = []
         for r in rounds:
             node: Any = r
             for part in path:
@@ -258,7 +270,7 @@ def verdict(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"target_p99_ms": TARGET_P99_MS, "statistic": "median over rounds"}
     out["ping_p50_ms"] = median(("ping", "p50_ms"))
     out["ping_p99_ms"] = median(("ping", "p99_ms"))
-    for variant in ("scripts", "service"):
+    for variant in ("scripts", "service", "allotted"):
         for op in ("reserve", "settle"):
             for q in ("p50_ms", "p99_ms"):
                 out[f"{variant}_{op}_{q}"] = median((variant, "sequential", op, q))

@@ -503,8 +503,10 @@ def main() -> None:
         "telemetry": "on: validated slm.metrics + conversation.metrics per call, spool + Kafka",
         "headline_worker": "separate process on core 1 (levels); worker inside the gateway "
         "process: gateway_worker_in_process_c16",
-        "budgets": "on: 2 budgets (daily, monthly) per call, Redis reserve + settle, OPA "
-        "verdict in-process (enforce), charge to Postgres, policy.events per call",
+        "budgets": "on: 2 budgets (daily, monthly) per call, reserved and settled against "
+        "allotments of 64 calls held in Redis (the default: SOMA_BUDGET_ALLOTMENT_CALLS; "
+        "an allotment's open and close are Redis scripts), OPA verdict in-process "
+        "(enforce), charge to Postgres, policy.events per call",
         "auth": "anonymous caller (LOCAL) on the gateway; no master key on LiteLLM",
         "load_generator": "aiohttp closed loop, keep-alive pool of `concurrency` connections",
         "background_nice": f"worker and Kafka broker at nice {BACKGROUND_NICE} (client core)",

@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 
 from somaagent.adapters import postgres
-from somaagent.domain.budgets import Amounts, Budget, done_key, reservations_key
+from somaagent.domain.budgets import Amounts, Budget, BudgetUpdate, done_key, reservations_key
 from somaagent.settings import Settings
 from tests.integration.test_budget_reservations import (
     NOTHING,
@@ -225,5 +225,30 @@ def test_a_rebuild_counts_the_allotment_hold_and_not_its_calls_twice(
             await h.settle(f"running-{t}", 70, "0.000007")
             expected = (Amounts(170, 17_000, 0), NOTHING)
             assert await values_become(h, b, expected) == expected
+
+    run(scenario())
+
+
+def test_a_lowered_limit_drains_the_allotment_and_holds_for_the_next_calls(
+    dsn: str, redis_url: str
+) -> None:
+    t = tenant()
+
+    async def scenario() -> None:
+        async with harness(dsn, redis_url, allotment_calls=8, allotment_s=5) as h:
+            b = await h.budget(t, limit_tokens=WIDE_TOKENS)
+            await h.service.state(t, "support")
+            for i in range(2):
+                assert await h.reserve(t, f"a-{i}-{t}")
+            # 200 spent once these settle: 600 more tokens, two worst cases, remain.
+            await h.service.update(b.budget_id, BudgetUpdate(limit_tokens=800))
+            for i in range(2):  # the drained allotment closes with its last call
+                await h.settle(f"a-{i}-{t}", 100, "0")
+            expected = (Amounts(200, 0, 0), NOTHING)
+            assert await values_become(h, b, expected) == expected
+            outcomes = [await h.reserve(t, f"b-{i}-{t}") for i in range(3)]
+            assert [bool(o) for o in outcomes] == [True, True, False]
+            assert [e.remaining for e in outcomes[2].exceeded] == [0]
+            assert not any(rid.startswith("allot:") for rid in await holds(h, t))
 
     run(scenario())

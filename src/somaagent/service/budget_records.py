@@ -23,10 +23,16 @@ from somaagent.service.budget_allotments import Allotment
 __all__ = [
     "CounterReport",
     "Exceeded",
+    "Hold",
     "RebuildReport",
     "ReserveOutcome",
     "Spec",
     "UnknownReservation",
+    "check_reservation_id",
+    "counter_reports",
+    "limits_of",
+    "states_of",
+    "utc_now",
 ]
 
 _RESERVATION_ID_RE = re.compile(r"[!-~]{1,128}")
@@ -90,7 +96,9 @@ class RebuildReport:
 
 
 @dataclass(slots=True)
-class _Open:
+class Hold:
+    """What this process remembers of a reservation until it is settled or released."""
+
     tenant: str
     persona: str
     at: datetime
@@ -103,24 +111,24 @@ class _Open:
     per_counter: tuple[Amounts, ...] | None = None  # an allotment's close: owed per counter
 
 
-def _limits_of(cache: dict[Budget, Limits], budget: Budget) -> Limits:
+def limits_of(cache: dict[Budget, Limits], budget: Budget) -> Limits:
     limits = cache.get(budget)
     if limits is None:
         limits = cache[budget] = budget.limits()
     return limits
 
 
-def _states_of(
+def states_of(
     cache: dict[Budget, Limits], specs: Sequence[Spec], values: Sequence[CounterValues]
 ) -> tuple[BudgetState, ...]:
     """The budgets' states from their counters' values (in spec order)."""
     return tuple(
-        BudgetState(budget, window, _limits_of(cache, budget), value.spent, value.reserved)
+        BudgetState(budget, window, limits_of(cache, budget), value.spent, value.reserved)
         for (budget, window), value in zip(specs, values, strict=True)
     )
 
 
-def _reports(
+def counter_reports(
     tenant: str,
     specs: Sequence[Spec],
     keys: Sequence[str],
@@ -141,10 +149,10 @@ def _reports(
     ]
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _check_reservation_id(rid: str) -> None:
+def check_reservation_id(rid: str) -> None:
     if not isinstance(rid, str) or not _RESERVATION_ID_RE.fullmatch(rid):
         raise BudgetError("reservation_id must be 1-128 printable ASCII characters, no spaces")

@@ -65,16 +65,16 @@ from somaagent.service.budget_ports import BudgetCounters, BudgetRepository, Cha
 from somaagent.service.budget_records import (
     CounterReport,
     Exceeded,
+    Hold,
     RebuildReport,
     ReserveOutcome,
     Spec,
     UnknownReservation,
-    _check_reservation_id,
-    _limits_of,
-    _now,
-    _Open,
-    _reports,
-    _states_of,
+    check_reservation_id,
+    counter_reports,
+    limits_of,
+    states_of,
+    utc_now,
 )
 from somaagent.service.tenant_gate import TenantGate
 
@@ -112,7 +112,7 @@ class BudgetService:
         cache_ttl_s: float = 5.0,
         cache_max_tenants: int = 10_000,
         retry_interval_s: float = 0.5,
-        clock: Callable[[], datetime] = _now,
+        clock: Callable[[], datetime] = utc_now,
         allotment_calls: int = 0,
         allotment_s: float = 0.5,
     ) -> None:
@@ -132,8 +132,8 @@ class BudgetService:
         self._cache_epoch = 0
         self._gate = TenantGate()
         self._rebuilding: dict[str, asyncio.Task[builtins.list[CounterReport]]] = {}
-        self._open: dict[str, _Open] = {}
-        self._unsettled: dict[str, _Open] = {}  # finished here, Redis not told yet
+        self._open: dict[str, Hold] = {}
+        self._unsettled: dict[str, Hold] = {}  # finished here, Redis not told yet
         self._finished: OrderedDict[str, None] = OrderedDict()  # recently settled ids
         self._maintenance: asyncio.Task[None] | None = None
         self._telling: set[asyncio.Task[None]] = set()  # settles sent without waiting
@@ -225,7 +225,7 @@ class BudgetService:
         Raises ``BudgetError`` for a bad or reused id or amounts, ``BudgetUnavailable`` when
         Redis or PostgreSQL cannot be reached.
         """
-        _check_reservation_id(reservation_id)
+        check_reservation_id(reservation_id)
         amounts.checked()
         if not 0 < deadline_s <= 86_400:
             raise BudgetError("deadline_s must be more than 0 and at most one day")
@@ -238,9 +238,9 @@ class BudgetService:
         self._start_maintenance()
         if not specs:
             deadline = int(time.time() * 1000 + deadline_s * 1000)
-            self._open[reservation_id] = _Open(tenant, persona, at, amounts, (), deadline)
+            self._open[reservation_id] = Hold(tenant, persona, at, amounts, (), deadline)
             return ReserveOutcome(True, reservation_id, budgets)
-        limits = [(k, _limits_of(self._limits, b)) for k, (b, _) in zip(keys, specs, strict=True)]
+        limits = [(k, limits_of(self._limits, b)) for k, (b, _) in zip(keys, specs, strict=True)]
         lifetime_ms = math.ceil(deadline_s * 1000)
         if self._allot_calls > 0:
             funded = await self._reserve_allotted(
@@ -255,10 +255,10 @@ class BudgetService:
                 )
                 if result.status == "reserved":
                     assert result.deadline_ms is not None
-                    self._open[reservation_id] = _Open(
+                    self._open[reservation_id] = Hold(
                         tenant, persona, at, amounts, keys, result.deadline_ms
                     )
-                    states = _states_of(self._limits, specs, result.values)
+                    states = states_of(self._limits, specs, result.values)
                     return ReserveOutcome(
                         True, reservation_id, budgets, (), result.deadline_ms, states
                     )
@@ -269,7 +269,7 @@ class BudgetService:
             raise BudgetError(f"reservation id {reservation_id} was used already")
         if result.status == "missing":
             raise BudgetUnavailable("budget counters vanished again right after their rebuild")
-        self._open[reservation_id] = _Open(
+        self._open[reservation_id] = Hold(
             tenant, persona, at, amounts, keys, int(time.time() * 1000) + lifetime_ms, held=False
         )
         exceeded = tuple(
@@ -283,7 +283,7 @@ class BudgetService:
             )
             for i, dim, remaining in result.exceeded
         )
-        states = _states_of(self._limits, specs, result.values)
+        states = states_of(self._limits, specs, result.values)
         return ReserveOutcome(False, reservation_id, budgets, exceeded, states=states)
 
     async def settle(
@@ -377,13 +377,13 @@ class BudgetService:
                     self._telling.add(task)
                     task.add_done_callback(self._telling.discard)
 
-    async def _tell_later(self, rid: str, r: _Open, sent: Awaitable[SettleStatus]) -> None:
+    async def _tell_later(self, rid: str, r: Hold, sent: Awaitable[SettleStatus]) -> None:
         try:
             await self._tell_redis(rid, r, sent)
         except Exception:  # a bug; the retry loop still has the settle queued
             log.exception("budget %s of %s: background settle failed", rid, r.tenant)
 
-    def _send_redis(self, rid: str, r: _Open, *, deferred: bool = False) -> Awaitable[SettleStatus]:
+    def _send_redis(self, rid: str, r: Hold, *, deferred: bool = False) -> Awaitable[SettleStatus]:
         if r.actual is None:
             return self._counters.release(r.tenant, rid, r.keys, deferred=deferred)
         return self._counters.settle(
@@ -391,7 +391,7 @@ class BudgetService:
         )
 
     async def _tell_redis(
-        self, rid: str, r: _Open, sent: Awaitable[SettleStatus] | None = None
+        self, rid: str, r: Hold, sent: Awaitable[SettleStatus] | None = None
     ) -> None:
         try:
             await (sent if sent is not None else self._send_redis(rid, r))
@@ -428,14 +428,14 @@ class BudgetService:
                 return None
             if rid in self._open or rid in self._finished:  # the same id, meanwhile
                 raise BudgetError(f"reservation id {rid} was used already")
-        states = _states_of(self._limits, specs, allot.values())
+        states = states_of(self._limits, specs, allot.values())
         allot.take(amounts)
         now = time.monotonic()
         if allot.low(now) and key not in self._spare and self._tight.get(key, 0.0) <= now:
             # The next one opens now, so no call waits for it when this one runs out.
             self._opening_task(key, persona, at, amounts, limits, lifetime_ms)
         deadline_ms = int(time.time() * 1000) + lifetime_ms
-        self._open[rid] = _Open(tenant, persona, at, amounts, keys, deadline_ms, allotment=allot)
+        self._open[rid] = Hold(tenant, persona, at, amounts, keys, deadline_ms, allotment=allot)
         return ReserveOutcome(True, rid, tuple(b for b, _ in specs), (), deadline_ms, states)
 
     def _funding(self, key: AllotmentKey, worst: Amounts, lifetime_ms: int) -> Allotment | None:
@@ -509,6 +509,7 @@ class BudgetService:
             return None
         rid = f"{ALLOTMENT_PREFIX}{uuid.uuid4().hex}"
         life_ms = lifetime_ms + math.ceil(self._allot_s * 1000) + 2 * MARGIN_MS
+        epoch = self._cache_epoch  # budgets changed meanwhile: these limits may be old
         async with self._gate.shared(tenant):
             opened = time.monotonic()  # before the script: Redis's deadline is later
             result = await self._counters.reserve(tenant, rid, limits, size, life_ms)
@@ -520,8 +521,11 @@ class BudgetService:
                 rid, tenant, keys, size, opened, opened + self._allot_s, life_ms, result.values
             )
             # Held like any reservation: a rebuild puts it back, the reaper frees it.
-            self._open[rid] = _Open(tenant, persona, at, size, keys, result.deadline_ms)
+            self._open[rid] = Hold(tenant, persona, at, size, keys, result.deadline_ms)
             self._allotted[rid] = allot
+            if epoch != self._cache_epoch:
+                self._drain(allot, in_gate=True)  # released at once, nothing funded
+                return None
             spare = self._spare.get(key)
             if spare is not None:  # opened for a call it could not fund
                 self._drain(spare, in_gate=True)
@@ -534,6 +538,8 @@ class BudgetService:
 
     def _drain(self, allot: Allotment, *, in_gate: bool = False) -> None:
         """Fund no more calls from ``allot``; close it once its last call has settled."""
+        if allot.reservation_id not in self._allotted:
+            return  # closed already
         allot.draining = True
         key = (allot.tenant, allot.keys)
         if self._allotments.get(key) is allot:
@@ -635,7 +641,7 @@ class BudgetService:
         found = [v for v in values if v is not None]
         if len(found) < len(values):
             raise BudgetUnavailable("budget counters vanished again right after their rebuild")
-        return list(_states_of(self._limits, specs, found))
+        return list(states_of(self._limits, specs, found))
 
     async def rebuild(self, tenant: str | None = None) -> RebuildReport:
         """Rebuild every missing counter of the current windows (of ``tenant``, or all), and
@@ -668,7 +674,7 @@ class BudgetService:
                 await asyncio.shield(running)
             values = await self._counters.read(keys)
             if all(v is not None for v in values):
-                return _reports(tenant, specs, keys, values, set())
+                return counter_reports(tenant, specs, keys, values, set())
         task = asyncio.get_running_loop().create_task(self._rebuild_exclusive(tenant, specs))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         self._rebuilding[tenant] = task
@@ -711,7 +717,7 @@ class BudgetService:
             rebuilt = {c.key for c, flag in zip(counters, flags, strict=True) if flag}
             self._forgive(tenant, rebuilt)  # the ledger they were rebuilt from has those
             log.info("budget counters of %s rebuilt: %d of %d", tenant, len(rebuilt), len(todo))
-        return _reports(tenant, specs, keys, await self._counters.read(keys), rebuilt)
+        return counter_reports(tenant, specs, keys, await self._counters.read(keys), rebuilt)
 
     async def _window_totals(
         self, budget: Budget, window: Window, *, pending: bool = True
