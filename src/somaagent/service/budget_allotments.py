@@ -36,15 +36,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NamedTuple
 
 from somaagent.adapters.redis_budget import CounterValues
 from somaagent.domain.budgets import Amounts, Limits
 
-__all__ = ["ALLOTMENT_PREFIX", "ALLOTMENT_SHARE", "Allotment", "allotment_size"]
+__all__ = [
+    "ALLOTMENT_PREFIX",
+    "ALLOTMENT_SHARE",
+    "Allotment",
+    "AllotmentAsk",
+    "AllotmentKey",
+    "allotment_size",
+]
 
 ALLOTMENT_PREFIX = "allot:"
 ALLOTMENT_SHARE = 16  # an allotment holds at most 1/16 of any limit it is under
 MARGIN_MS = 1_000  # a funded call's deadline stays this far inside its allotment's
+AllotmentKey = tuple[str, tuple[str, ...]]  # tenant, counter keys
+
+
+class AllotmentAsk(NamedTuple):
+    """The call an allotment is opened for: its counters' key, persona, time, worst case,
+    limits (per counter key) and hold in ms."""
+
+    key: AllotmentKey
+    persona: str
+    at: datetime
+    worst: Amounts
+    limits: Sequence[tuple[str, Limits]]
+    lifetime_ms: int
 
 
 def _plus(a: Amounts, b: Amounts) -> Amounts:

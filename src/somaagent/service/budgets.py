@@ -59,6 +59,8 @@ from somaagent.service.budget_allotments import (
     ALLOTMENT_PREFIX,
     MARGIN_MS,
     Allotment,
+    AllotmentAsk,
+    AllotmentKey,
     allotment_size,
 )
 from somaagent.service.budget_ports import BudgetCounters, BudgetRepository, ChargeLedger
@@ -97,7 +99,6 @@ _COUNTER_GRACE_S = 86_400  # a counter outlives its window by a day
 _KEEP_EXPIRED_S = 3_600  # an unsettled reservation is forgotten an hour after its deadline
 _KEEP_REFUSED_S = 60  # a refused one (settle still allowed) a minute after
 _FINISHED_KEPT = 100_000  # ids remembered as settled, so a repeat is a no-op
-AllotmentKey = tuple[str, tuple[str, ...]]  # tenant, counter keys
 
 
 class BudgetService:
@@ -372,10 +373,7 @@ class BudgetService:
                     # background (until then the id is what a rebuild counts as finished
                     # here, Redis not told yet).
                     self._unsettled[rid] = r
-                    sent = self._send_redis(rid, r, deferred=True)
-                    task = asyncio.get_running_loop().create_task(self._tell_later(rid, r, sent))
-                    self._telling.add(task)
-                    task.add_done_callback(self._telling.discard)
+                    self._spawn(self._tell_later(rid, r, self._send_redis(rid, r, deferred=True)))
 
     async def _tell_later(self, rid: str, r: Hold, sent: Awaitable[SettleStatus]) -> None:
         try:
@@ -418,11 +416,12 @@ class BudgetService:
         none has room; ``None``: reserve it on its own (near a limit, or no room)."""
         keys = tuple(k for k, _ in limits)
         key = (tenant, keys)
+        ask = AllotmentAsk(key, persona, at, amounts, limits, lifetime_ms)
         allot = self._funding(key, amounts, lifetime_ms)
         if allot is None:
             if self._tight.get(key, 0.0) > time.monotonic():
                 return None
-            await self._open_allotment(key, persona, at, amounts, limits, lifetime_ms)
+            await asyncio.shield(self._opening_task(ask))  # concurrent callers share it
             allot = self._funding(key, amounts, lifetime_ms)
             if allot is None:
                 return None
@@ -433,7 +432,7 @@ class BudgetService:
         now = time.monotonic()
         if allot.low(now) and key not in self._spare and self._tight.get(key, 0.0) <= now:
             # The next one opens now, so no call waits for it when this one runs out.
-            self._opening_task(key, persona, at, amounts, limits, lifetime_ms)
+            self._opening_task(ask)
         deadline_ms = int(time.time() * 1000) + lifetime_ms
         self._open[rid] = Hold(tenant, persona, at, amounts, keys, deadline_ms, allotment=allot)
         return ReserveOutcome(True, rid, tuple(b for b, _ in specs), (), deadline_ms, states)
@@ -454,34 +453,12 @@ class BudgetService:
         self._allotments[key] = spare
         return spare
 
-    async def _open_allotment(
-        self,
-        key: AllotmentKey,
-        persona: str,
-        at: datetime,
-        worst: Amounts,
-        limits: Sequence[tuple[str, Limits]],
-        lifetime_ms: int,
-    ) -> Allotment | None:
-        """A new allotment for ``key``; concurrent callers share one opening."""
-        return await asyncio.shield(
-            self._opening_task(key, persona, at, worst, limits, lifetime_ms)
-        )
-
-    def _opening_task(
-        self,
-        key: AllotmentKey,
-        persona: str,
-        at: datetime,
-        worst: Amounts,
-        limits: Sequence[tuple[str, Limits]],
-        lifetime_ms: int,
-    ) -> asyncio.Task[Allotment | None]:
+    def _opening_task(self, ask: AllotmentAsk) -> asyncio.Task[Allotment | None]:
+        """The opening of a new allotment for ``ask.key`` (one at a time per key)."""
+        key = ask.key
         task = self._opening.get(key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(
-                self._new_allotment(key, persona, at, worst, limits, lifetime_ms)
-            )
+            task = asyncio.get_running_loop().create_task(self._new_allotment(ask))
             self._opening[key] = task
 
             def done(t: asyncio.Task[Allotment | None]) -> None:
@@ -493,15 +470,8 @@ class BudgetService:
             task.add_done_callback(done)
         return task
 
-    async def _new_allotment(
-        self,
-        key: AllotmentKey,
-        persona: str,
-        at: datetime,
-        worst: Amounts,
-        limits: Sequence[tuple[str, Limits]],
-        lifetime_ms: int,
-    ) -> Allotment | None:
+    async def _new_allotment(self, ask: AllotmentAsk) -> Allotment | None:
+        key, persona, at, worst, limits, lifetime_ms = ask
         tenant, keys = key
         size = allotment_size(worst, self._allot_calls, [lim for _, lim in limits])
         if size is None:
