@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from somaagent.bootstrap import Container
+from somaagent.domain.budgets import reservations_key
 from somaagent.domain.worst_case import prompt_token_bound
 from somaagent.settings import Settings
 from somaagent.stack import Supervisor
@@ -143,6 +144,42 @@ def test_redis_flushed_and_restarted_mid_run_still_no_overspend(
         # and the budget keeps holding: more calls cannot push it over
         more = asyncio.run(concurrent_calls(gw, user, PAYLOAD, 40))
         check_no_overspend(stack, tenant, limit, result.ok() + more.ok())
+
+
+def test_a_wide_budget_funds_calls_from_allotments_and_ends_exact(
+    stack: Settings, pipeline: tuple[Container, dict[str, str]]
+) -> None:
+    """A budget whose 1/16 holds many calls: the gateway holds allotments in Redis, no
+    call its own reservation; once they close, the counter is the ledger, to the token."""
+    _worker, env = pipeline
+    tenant = new_tenant("allot")
+    operator, user = make_keys(stack, tenant, ("ops", "admin"), ("support", "user"))
+    r = redis.Redis.from_url(stack.url("redis_url"), decode_responses=True)
+    held: list[list[str]] = []
+
+    async def look() -> None:  # while the other calls are in flight
+        held.append(await asyncio.to_thread(r.zrange, reservations_key(tenant), 0, -1))
+
+    with running_gateway(enforce(env)) as gw:
+        budget = create_budget(
+            gw,
+            operator,
+            window="daily",
+            timezone="UTC",
+            limit_tokens=16 * 64 * WORST_TOKENS,
+            on_exceed="deny",
+        )
+        result = asyncio.run(concurrent_calls(gw, user, PAYLOAD, 12, midway=look, midway_after=1))
+        assert result.statuses == [200] * 12
+        assert held and held[0] and all(rid.startswith("allot:") for rid in held[0]), held
+        (counter,) = r.keys(f"soma:{{{tenant}}}:bud:{budget['id']}:*")
+        used = sum(b["usage"]["total_tokens"] for b in result.ok())
+        # Closed 0.5 s after opening (the setting's default): spent is then exact.
+        assert wait_until(lambda: r.hget(counter, "rt") == "0", timeout_s=10)
+        assert wait_until(lambda: charged(stack, tenant)[2] == 12, timeout_s=10)
+        assert int(r.hget(counter, "st") or -1) == used == charged(stack, tenant)[0]
+        assert r.zcard(reservations_key(tenant)) == 0
+    r.close()
 
 
 @pytest.mark.parametrize("on_exceed", ["pause", "deny"])

@@ -252,3 +252,20 @@ def test_a_lowered_limit_drains_the_allotment_and_holds_for_the_next_calls(
             assert not any(rid.startswith("allot:") for rid in await holds(h, t))
 
     run(scenario())
+
+
+def test_the_first_call_of_a_window_rebuilds_its_counter_and_opens_an_allotment(
+    dsn: str, redis_url: str
+) -> None:
+    t = tenant()
+
+    async def scenario() -> None:
+        async with harness(dsn, redis_url, allotment_calls=8, allotment_s=5) as h:
+            b = await h.budget(t, limit_tokens=WIDE_TOKENS)  # no counter in Redis yet
+            outcomes = await asyncio.gather(*(h.reserve(t, f"r-{i}-{t}") for i in range(3)))
+            assert all(outcomes)
+            held = await holds(h, t)
+            assert len(held) == 1 and held[0].startswith("allot:"), held
+            assert await h.values(b) == (NOTHING, Amounts(2400, 800_000, 0))
+
+    run(scenario())

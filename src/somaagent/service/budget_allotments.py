@@ -40,7 +40,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from somaagent.adapters.redis_budget import CounterValues
-from somaagent.domain.budgets import Amounts, Limits
+from somaagent.domain.budgets import Amounts, Budget, Limits, Window
 
 __all__ = [
     "ALLOTMENT_PREFIX",
@@ -59,7 +59,7 @@ AllotmentKey = tuple[str, tuple[str, ...]]  # tenant, counter keys
 
 class AllotmentAsk(NamedTuple):
     """The call an allotment is opened for: its counters' key, persona, time, worst case,
-    limits (per counter key) and hold in ms."""
+    limits (per counter key), hold in ms and budgets (in the counters' order)."""
 
     key: AllotmentKey
     persona: str
@@ -67,6 +67,7 @@ class AllotmentAsk(NamedTuple):
     worst: Amounts
     limits: Sequence[tuple[str, Limits]]
     lifetime_ms: int
+    specs: Sequence[tuple[Budget, Window]]
 
 
 def _plus(a: Amounts, b: Amounts) -> Amounts:

@@ -416,7 +416,7 @@ class BudgetService:
         none has room; ``None``: reserve it on its own (near a limit, or no room)."""
         keys = tuple(k for k, _ in limits)
         key = (tenant, keys)
-        ask = AllotmentAsk(key, persona, at, amounts, limits, lifetime_ms)
+        ask = AllotmentAsk(key, persona, at, amounts, limits, lifetime_ms, specs)
         allot = self._funding(key, amounts, lifetime_ms)
         if allot is None:
             if self._tight.get(key, 0.0) > time.monotonic():
@@ -471,7 +471,7 @@ class BudgetService:
         return task
 
     async def _new_allotment(self, ask: AllotmentAsk) -> Allotment | None:
-        key, persona, at, worst, limits, lifetime_ms = ask
+        key, persona, at, worst, limits, lifetime_ms, specs = ask
         tenant, keys = key
         size = allotment_size(worst, self._allot_calls, [lim for _, lim in limits])
         if size is None:
@@ -480,29 +480,34 @@ class BudgetService:
         rid = f"{ALLOTMENT_PREFIX}{uuid.uuid4().hex}"
         life_ms = lifetime_ms + math.ceil(self._allot_s * 1000) + 2 * MARGIN_MS
         epoch = self._cache_epoch  # budgets changed meanwhile: these limits may be old
-        async with self._gate.shared(tenant):
-            opened = time.monotonic()  # before the script: Redis's deadline is later
-            result = await self._counters.reserve(tenant, rid, limits, size, life_ms)
-            if result.status != "reserved":  # near a limit, or counters to rebuild first
-                self._tight[key] = time.monotonic() + self._allot_s
+        for attempt in (1, 2):
+            async with self._gate.shared(tenant):
+                opened = time.monotonic()  # before the script: Redis's deadline is later
+                result = await self._counters.reserve(tenant, rid, limits, size, life_ms)
+                if result.status == "reserved":
+                    assert result.deadline_ms is not None
+                    allot = Allotment(
+                        rid, tenant, keys, size, opened, opened + self._allot_s, life_ms,
+                        result.values,
+                    )  # fmt: skip
+                    # Held like any reservation: a rebuild puts it back, the reaper frees it.
+                    self._open[rid] = Hold(tenant, persona, at, size, keys, result.deadline_ms)
+                    self._allotted[rid] = allot
+                    break
+            if result.status != "missing" or attempt == 2:
+                self._tight[key] = time.monotonic() + self._allot_s  # near a limit
                 return None
-            assert result.deadline_ms is not None
-            allot = Allotment(
-                rid, tenant, keys, size, opened, opened + self._allot_s, life_ms, result.values
-            )
-            # Held like any reservation: a rebuild puts it back, the reaper frees it.
-            self._open[rid] = Hold(tenant, persona, at, size, keys, result.deadline_ms)
-            self._allotted[rid] = allot
-            if epoch != self._cache_epoch:
-                self._drain(allot, in_gate=True)  # released at once, nothing funded
-                return None
-            spare = self._spare.get(key)
-            if spare is not None:  # opened for a call it could not fund
-                self._drain(spare, in_gate=True)
-            if key in self._allotments:
-                self._spare[key] = allot  # the current one funds calls while it can
-            else:
-                self._allotments[key] = allot
+            await self._rebuild(tenant, [specs[i] for i in result.missing])  # a new window
+        if epoch != self._cache_epoch:
+            self._drain(allot)  # released at once, nothing funded
+            return None
+        spare = self._spare.get(key)
+        if spare is not None:  # opened for a call it could not fund
+            self._drain(spare)
+        if key in self._allotments:
+            self._spare[key] = allot  # the current one funds calls while it can
+        else:
+            self._allotments[key] = allot
         asyncio.get_running_loop().call_later(self._allot_s, self._drain, allot)
         return allot
 
