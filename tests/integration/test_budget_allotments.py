@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
 import time
 import uuid
 from decimal import Decimal
@@ -267,5 +269,74 @@ def test_the_first_call_of_a_window_rebuilds_its_counter_and_opens_an_allotment(
             held = await holds(h, t)
             assert len(held) == 1 and held[0].startswith("allot:"), held
             assert await h.values(b) == (NOTHING, Amounts(2400, 800_000, 0))
+
+    run(scenario())
+
+
+CRASHING_GATEWAY = """
+import asyncio, sys
+from decimal import Decimal
+from somaagent.adapters.budget_store import BudgetStore, ChargeWriter
+from somaagent.adapters.redis_budget import RedisBudgetCounters
+from somaagent.domain.budgets import Amounts
+from somaagent.service.budgets import BudgetService
+
+async def main(dsn, url, t):
+    store = BudgetStore(dsn)
+    writer = ChargeWriter(store)
+    s = BudgetService(store, RedisBudgetCounters(url), writer, allotment_calls=8)
+    for i in range(3):
+        assert await s.reserve(
+            tenant=t, persona="support", amounts=Amounts(300, 100_000, 0),
+            reservation_id=f"c-{i}", deadline_s=0.5,
+        )
+    for i in range(2):
+        await s.settle(f"c-{i}", model_id="m", tokens=100, cost_usd=Decimal("0.00001"),
+                       gpu_ms=Decimal(0))
+    await writer.flush()
+    print("ready", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def test_a_gateway_killed_with_an_allotment_open_leaves_its_whole_hold_spent(
+    dsn: str, redis_url: str
+) -> None:
+    """SIGKILL while an allotment funds a call: past its deadline the reaper turns the whole
+    hold into spent, so the counter never shows less than the dead gateway's calls used."""
+    t = tenant()
+
+    async def scenario() -> None:
+        async with harness(dsn, redis_url) as h:  # the surviving gateway, per-call
+            b = await h.budget(t, limit_tokens=WIDE_TOKENS)
+            await h.service.state(t, "support")
+            child = subprocess.Popen(
+                [sys.executable, "-c", CRASHING_GATEWAY, dsn, redis_url, t],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                assert child.stdout is not None
+                line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 60)
+                assert line.strip() == "ready"
+                (allot,) = await holds(h, t)
+                assert allot.startswith("allot:")
+            finally:
+                child.kill()
+                child.wait()
+                if child.stdout is not None:
+                    child.stdout.close()
+            assert await h.values(b) == (NOTHING, Amounts(2400, 800_000, 0))
+            assert len(ledger(dsn, t)) == 2  # 200 tokens, 20,000 nano-USD settled
+            deadline = time.monotonic() + 15  # its deadline: 0.5 s + 0.5 s + 2 s margins
+            while allot in await holds(h, t) and time.monotonic() < deadline:
+                rid = f"probe-{uuid.uuid4().hex[:8]}"
+                assert await h.reserve(t, rid)  # reaps what has expired
+                await h.service.release(rid)
+                await asyncio.sleep(0.2)
+            assert await h.values(b) == (Amounts(2400, 800_000, 0), NOTHING)
+            assert await h.counters.client.exists(done_key(t, allot)) == 1
 
     run(scenario())

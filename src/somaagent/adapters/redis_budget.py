@@ -201,7 +201,8 @@ class RedisBudgetCounters:
     ) -> ReserveResult:
         """Hold ``amounts`` on every counter for ``lifetime_ms``, or on none of them.
 
-        Reaps up to ``reap_limit`` expired reservations of the tenant first.
+        Reaps up to ``reap_limit`` expired reservations of the tenant first (an expired
+        allotment's hold becomes spent: see ``budget_reserve.lua``).
         """
         keys = self._tenant_keys(tenant, reservation_id) + [key for key, _ in counters]
         limits = " ".join(
@@ -209,7 +210,8 @@ class RedisBudgetCounters:
             for _, lim in counters
         )
         args = [reservation_id, str(lifetime_ms), _words(amounts), self._prefix(tenant)]
-        args += [self._reap_limit_arg, self._grace_arg, limits]
+        args += [self._reap_limit_arg, self._grace_arg, limits, done_key(tenant, "")]
+        args.append(self._done_ttl_arg)
         reply: list[Any] = await self._call(self._run(self._reserve, keys, args))
         status = reply[0]
         if status == 1:

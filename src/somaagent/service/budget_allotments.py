@@ -24,10 +24,10 @@ What it changes:
 
 * A counter shows the whole allotment as reserved from its open to its close, and spent
   rises at the close. ``reserved + spent`` never drops below what the calls may still use.
-* A process that dies with an allotment open leaves its hold to the reaper (at its
-  deadline). The units its settled calls owed are then not added to the counter; their
-  charges are in the ledger, which a rebuild counts. That is the exposure of a deferred
-  settle, for at most ``rotate_s`` of one process's calls.
+* A process that dies with an allotment open leaves its hold to the reaper: past its
+  deadline the reserve script turns the whole hold into spent, since what its calls used
+  never reached the counter and is at most the hold. The counter then errs high by the
+  part its calls did not use, until the window ends or is reset; the ledger stays exact.
 
 This module is pure bookkeeping; ``BudgetService`` does the I/O.
 """

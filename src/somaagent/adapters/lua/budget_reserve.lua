@@ -8,12 +8,14 @@
 -- ARGV[4] reservation hash key prefix (reaping)   ARGV[5] most expired reservations to reap
 -- ARGV[6] seconds the reservation hash outlives its deadline
 -- ARGV[7] per counter, its token, nano-USD and GPU-us limits ('-1' = unlimited), space-separated
+-- ARGV[8] "done" marker key prefix   ARGV[9] "done" marker TTL (s) (reaped allotments)
 -- Reply: {1, deadline_ms, values...} reserved | {2} id already used | {3, i, ...} counters i
 --        missing (nothing changed) | {4, n, i, dim, remaining (n triples)..., values...} would
 --        exceed (nothing changed). values: per counter, its six fields as read before this
 --        reservation (st sn su rt rn ru, decimal strings), so the caller knows the state it
 --        reserved against without reading it again.
 local held = {'rt', 'rn', 'ru'}
+local spent = {'st', 'sn', 'su'}
 local function words(s)
   local out = {}
   for w in string.gmatch(s, '%S+') do out[#out + 1] = w end
@@ -27,17 +29,25 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 -- Reap expired reservations first, so a crashed gateway cannot hold budget forever. Their
 -- counters ('c') are those that hold the reserved amounts; a vanished counter is skipped.
+-- An allotment ('allot:' id) past its deadline was left by a gateway that died with it
+-- open: what its calls spent never reached the counters, so its whole hold (at least that
+-- spend) becomes spent, and its "done" marker makes a late close a no-op.
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
 for _, rid in ipairs(expired) do
   local h = ARGV[4] .. rid
   local r = redis.call('HMGET', h, 't', 'n', 'u', 'c')
+  local allotment = string.sub(rid, 1, 6) == 'allot:'
   if r[4] then
     for key in string.gmatch(r[4], '%S+') do
       if redis.call('EXISTS', key) == 1 then
         for d = 1, 3 do add(key, held[d], r[d], '-') end
+        if allotment then
+          for d = 1, 3 do add(key, spent[d], r[d], '') end
+        end
       end
     end
   end
+  if allotment then redis.call('SET', ARGV[8] .. rid, '1', 'EX', ARGV[9]) end
   redis.call('DEL', h)
   redis.call('ZREM', KEYS[1], rid)
 end
