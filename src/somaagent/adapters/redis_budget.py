@@ -210,8 +210,8 @@ class RedisBudgetCounters:
             for _, lim in counters
         )
         args = [reservation_id, str(lifetime_ms), _words(amounts), self._prefix(tenant)]
-        args += [self._reap_limit_arg, self._grace_arg, limits, done_key(tenant, "")]
-        args.append(self._done_ttl_arg)
+        args += [self._reap_limit_arg, self._grace_arg, limits]
+        args += [done_key(tenant, ""), self._done_ttl_arg]  # reaped allotments' markers
         reply: list[Any] = await self._call(self._run(self._reserve, keys, args))
         status = reply[0]
         if status == 1:

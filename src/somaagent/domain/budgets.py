@@ -174,6 +174,11 @@ class Amounts:
             self.tokens + other.tokens, self.usd_nano + other.usd_nano, self.gpu_us + other.gpu_us
         )
 
+    def __sub__(self, other: Amounts) -> Amounts:
+        return Amounts(
+            self.tokens - other.tokens, self.usd_nano - other.usd_nano, self.gpu_us - other.gpu_us
+        )
+
     @classmethod
     def of_charge(cls, tokens: int, cost_usd: Decimal, gpu_ms: Decimal) -> Amounts:
         """The units a settled charge adds to a counter (cost and GPU time rounded up)."""

@@ -70,14 +70,6 @@ class AllotmentAsk(NamedTuple):
     specs: Sequence[tuple[Budget, Window]]
 
 
-def _plus(a: Amounts, b: Amounts) -> Amounts:
-    return Amounts(a.tokens + b.tokens, a.usd_nano + b.usd_nano, a.gpu_us + b.gpu_us)
-
-
-def _minus(a: Amounts, b: Amounts) -> Amounts:
-    return Amounts(a.tokens - b.tokens, a.usd_nano - b.usd_nano, a.gpu_us - b.gpu_us)
-
-
 def allotment_size(worst: Amounts, calls: int, limits: Sequence[Limits]) -> Amounts | None:
     """``k`` times ``worst``: ``k`` is ``calls``, or fewer so that no limited dimension holds
     more than 1/ALLOTMENT_SHARE of its smallest limit; ``None`` when ``k`` would be below 2
@@ -120,44 +112,39 @@ class Allotment:
             return False
         if (now - self.opened) * 1000 + lifetime_ms + MARGIN_MS > self.lifetime_ms:
             return False
-        a, h, s = self.amounts, self.held, self.settled
-        return (
-            h.tokens + s.tokens + worst.tokens <= a.tokens
-            and h.usd_nano + s.usd_nano + worst.usd_nano <= a.usd_nano
-            and h.gpu_us + s.gpu_us + worst.gpu_us <= a.gpu_us
-        )
+        a, u = self.amounts, self.held + self.settled + worst
+        return u.tokens <= a.tokens and u.usd_nano <= a.usd_nano and u.gpu_us <= a.gpu_us
 
     def low(self, now: float) -> bool:
         """Half of it used, or three quarters of its funding time gone: time to open the
         next one (``BudgetService`` does, without waiting for it)."""
         if now >= self.opened + 0.75 * (self.funds_until - self.opened):
             return True
-        a, h, s = self.amounts, self.held, self.settled
+        a, u = self.amounts, self.held + self.settled
         return (
-            2 * (h.tokens + s.tokens) >= a.tokens > 0
-            or 2 * (h.usd_nano + s.usd_nano) >= a.usd_nano > 0
-            or 2 * (h.gpu_us + s.gpu_us) >= a.gpu_us > 0
+            2 * u.tokens >= a.tokens > 0
+            or 2 * u.usd_nano >= a.usd_nano > 0
+            or 2 * u.gpu_us >= a.gpu_us > 0
         )
 
     def values(self) -> tuple[CounterValues, ...]:
         """The counters as a per-call reservation would find them now (as far as this
         process knows): the settled calls spent, the calls in flight held."""
         return tuple(
-            CounterValues(_plus(v.spent, self.settled), _plus(v.reserved, self.held))
-            for v in self.snapshot
+            CounterValues(v.spent + self.settled, v.reserved + self.held) for v in self.snapshot
         )
 
     def take(self, worst: Amounts) -> None:
-        self.held = _plus(self.held, worst)
+        self.held = self.held + worst
         self.inflight += 1
 
     def give_back(self, worst: Amounts, actual: Amounts | None) -> None:
         """A funded call ended: its hold returns, what it used (if anything) is owed."""
-        self.held = _minus(self.held, worst)
+        self.held = self.held - worst
         self.inflight -= 1
         if actual is not None:
-            self.settled = _plus(self.settled, actual)
-            self.owed = [_plus(o, actual) for o in self.owed]
+            self.settled = self.settled + actual
+            self.owed = [o + actual for o in self.owed]
 
     def forgive(self, keys: set[str]) -> None:
         """The counters ``keys`` were rebuilt from the ledger (which has these charges) or

@@ -209,6 +209,8 @@ def test_ceil_and_floor_bracket_the_exact_value(usd: Decimal) -> None:
 
 def test_amounts_are_integers_within_bounds() -> None:
     assert Amounts(1, 2, 3) + Amounts(10, 20, 30) == Amounts(11, 22, 33)
+    assert Amounts(11, 22, 33) - Amounts(10, 20, 30) == Amounts(1, 2, 3)
+    assert Amounts() - Amounts(1, 0, 0) == Amounts(-1, 0, 0)  # only checked() bounds them
     assert Amounts(MAX_AMOUNT, 0, 0).checked() == Amounts(MAX_AMOUNT, 0, 0)
     with pytest.raises(BudgetError, match="tokens must be between"):
         Amounts(MAX_AMOUNT + 1, 0, 0).checked()
