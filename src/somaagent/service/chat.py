@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from somaagent.domain.routing import (
     classify_messages,
     decide,
 )
+from somaagent.domain.routing.signals import upstream_signal
 from somaagent.observability import GatewayMetrics
 from somaagent.observability.tracing import Tracing
 from somaagent.service.admission import Admission, Gatekeeper
@@ -58,8 +58,6 @@ from somaagent.service.escalation_notice import escalation_notice
 __all__ = ["ChatOutcome", "ChatService", "Upstream", "route_headers", "upstream_signal"]
 
 log = logging.getLogger("somaagent.chat")
-
-_SIGNAL = re.compile(r"^\W*(defer|insufficient[_ ]confidence)\W*$", re.IGNORECASE)
 
 
 class Publisher(Protocol):
@@ -91,16 +89,6 @@ def route_headers(entry: ModelEntry) -> dict[str, str]:
         "x-soma-tier": entry.tier,
         "x-soma-escalated": "true" if entry.tier == "escalation" else "false",
     }
-
-
-def upstream_signal(content: str | None) -> str | None:
-    """``defer`` / ``insufficient_confidence`` when the answer is exactly that signal."""
-    if not content:
-        return None
-    match = _SIGNAL.match(content.strip().splitlines()[0] if content.strip() else "")
-    if match is None:
-        return None
-    return "defer" if match.group(1).lower() == "defer" else "insufficient_confidence"
 
 
 @dataclass

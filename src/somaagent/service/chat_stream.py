@@ -16,6 +16,7 @@ import contextvars
 import json
 import time
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -26,11 +27,13 @@ from somaagent.adapters.upstream import (
     StreamEvent,
     StreamSummary,
     UpstreamError,
+    Usage,
 )
 from somaagent.domain.chat_request import ChatRequest
 from somaagent.domain.identity import Caller, RequestContext
 from somaagent.domain.money import exact_sum
 from somaagent.domain.routing import Decision, ModelEntry
+from somaagent.domain.routing.signals import signal_pending, upstream_signal
 from somaagent.service.admission import Admission
 from somaagent.service.call_events import CallRecord
 from somaagent.service.chat import ChatService, route_headers
@@ -76,7 +79,10 @@ async def _connect(
     tree, attempts = service.new_tree(decision, adm)
     failed: list[CallRecord] = []
     reason: str = decision.reason
-    for entry in candidates:
+    queue = list(candidates)
+    deferred: _Deferred | None = None  # the primary's whole answer, which was a signal
+    while queue:
+        entry = queue.pop(0)
         up = service.upstreams[entry.model_id]
         if not await service.may_try(adm, entry, attempts):
             continue
@@ -112,20 +118,120 @@ async def _connect(
             continue
         up.breaker.record_success(service.clock())
         attempts.append({"model_id": entry.model_id, "status": "ok"})
-        headers = {
-            **route_headers(entry),
-            **service.gate_headers(adm),
-            "cache-control": "no-cache",
-            "x-accel-buffering": "no",
-        }
         state = _Stream(
             service, request, caller, ctx, entry, tree, failed, reason, started, received, acc, body
         )
         state.adm, state.span = adm, span
-        return headers, StreamBody(state, first, upstream)
+        head = _Head([first])
+        if deferred is None and entry.tier != "escalation" and service.flags.escalation_enabled:
+            signal = await head.peek(upstream)
+            escalation = service.route(request, caller, signal) if signal else None
+            if signal and escalation is not None and escalation.escalated:
+                deferred = await _Deferred.take(state, head, upstream, signal, escalation)
+                reason = escalation.reason
+                queue = [e for e in service.candidates(escalation) if e.tier == "escalation"]
+                continue
+        return _headers(service, entry, adm), StreamBody(state, head, upstream)
+    if deferred is not None:
+        return deferred.relay()
     service.all_failed(
         failed, attempts, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm
     )
+
+
+def _headers(service: ChatService, entry: ModelEntry, adm: Admission | None) -> dict[str, str]:
+    return {
+        **route_headers(entry),
+        **service.gate_headers(adm),
+        "cache-control": "no-cache",
+        "x-accel-buffering": "no",
+    }
+
+
+def _text(event: StreamEvent) -> str:
+    """The answer text a chunk adds (every choice's ``delta.content``)."""
+    if isinstance(event, StreamSummary):
+        return ""
+    parts = []
+    for choice in event.data.get("choices") or ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        content = delta.get("content") if isinstance(delta, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+    return "".join(parts)
+
+
+class _Head:
+    """The events read from an upstream before the answer is relayed (at least its first
+    chunk), and the error that ended it there, if one did."""
+
+    def __init__(self, events: list[StreamEvent]) -> None:
+        self.events = events
+        self.error: UpstreamError | None = None
+
+    @property
+    def summary(self) -> StreamSummary | None:
+        last = self.events[-1]
+        return last if isinstance(last, StreamSummary) else None
+
+    async def peek(self, upstream: AsyncGenerator[StreamEvent, None]) -> str | None:
+        """Read on while the answer so far could still be a signal (for most answers, up
+        to their first words); when it is one, read it to its end. The signal, or None."""
+        text = "".join(_text(e) for e in self.events)
+        try:
+            while self.summary is None and signal_pending(text):
+                self.events.append(await upstream.__anext__())
+                text += _text(self.events[-1])
+            signal = upstream_signal(text)
+            if signal is None:
+                return None
+            while self.summary is None:
+                self.events.append(await upstream.__anext__())
+        except UpstreamError as exc:  # relayed as it would have been mid-stream
+            self.error = exc
+            return None
+        return signal
+
+
+@dataclass
+class _Deferred:
+    """A primary's answer that asked for escalation, read whole and already accounted.
+
+    As for an answer that is not streamed, the primary's call is accounted as a fallback,
+    and its answer is kept in case no escalation model answers."""
+
+    state: _Stream
+    head: _Head
+    record: CallRecord
+    usage: Usage | None
+    upstream: AsyncGenerator[StreamEvent, None]
+
+    @classmethod
+    async def take(
+        cls,
+        state: _Stream,
+        head: _Head,
+        upstream: AsyncGenerator[StreamEvent, None],
+        signal: str,
+        escalation: Decision,
+    ) -> _Deferred:
+        assert head.summary is not None  # ``peek`` read a signal to its end
+        record, usage = await state.record(head.summary, interrupted=False)
+        record.status = "fallback"
+        state.failed.append(record)
+        state.tree["upstream_signal"] = {"model_id": state.entry.model_id, "signal": signal}
+        state.tree["escalation"] = escalation.decision_tree()
+        return cls(state, head, record, usage, upstream)
+
+    def relay(self) -> tuple[dict[str, str], StreamBody]:
+        """The escalation failed: the primary's own answer is better than none."""
+        state = self.state
+        state.failed.remove(self.record)
+        self.record.status = "ok"
+        state.recorded = (self.record, self.usage)
+        state.tree["escalation_failed"] = True
+        headers = _headers(state.service, state.entry, state.adm)
+        return headers, StreamBody(state, self.head, self.upstream)
 
 
 class StreamBody:
@@ -134,10 +240,10 @@ class StreamBody:
     the upstream request would stay open and the attempt would go unaccounted)."""
 
     def __init__(
-        self, state: _Stream, first: StreamEvent, upstream: AsyncGenerator[StreamEvent, None]
+        self, state: _Stream, head: _Head, upstream: AsyncGenerator[StreamEvent, None]
     ) -> None:
         self._state, self._upstream = state, upstream
-        self._body = state.run(first, upstream)
+        self._body = state.run(head, upstream)
         self._started = False
 
     def __aiter__(self) -> StreamBody:
@@ -175,20 +281,23 @@ class _Stream:
         self.started, self.received, self.acc, self.body = started, received, acc, body
         self.adm: Admission | None = None
         self.span: Any = None
+        # The attempt's record and usage, when it was accounted before it was relayed.
+        self.recorded: tuple[CallRecord, Usage | None] | None = None
         # The body runs after the handler has left the request's span and log context:
         # accounting re-enters them so its spans and log lines stay in the request's trace.
         self.context = contextvars.copy_context()
 
     async def run(
-        self, first: StreamEvent, upstream: AsyncGenerator[StreamEvent, None]
+        self, head: _Head, upstream: AsyncGenerator[StreamEvent, None]
     ) -> AsyncGenerator[bytes, None]:
         summary: StreamSummary | None = None
         finished = False
         # Chunks that came in one network read leave in one write (a burst from the
         # upstream, or one whole answer from a fast one); nothing waits for company.
         pending: list[bytes] = []
+        read = iter(head.events)
         try:
-            event: StreamEvent | None = first
+            event: StreamEvent | None = next(read)
             while event is not None:
                 if isinstance(event, StreamSummary):
                     summary = event
@@ -199,7 +308,11 @@ class _Stream:
                 if pending and not event.more:
                     yield b"".join(pending)
                     pending = []
-                event = await upstream.__anext__()
+                event = next(read, None)
+                if event is None:  # the head is relayed: on with the upstream
+                    if head.error is not None:
+                        raise head.error
+                    event = await upstream.__anext__()
             assert summary is not None
             cost, usage_chunk, notice = await self._settle(summary, interrupted=False)
             trailer = {"cost_usd": f"{cost:f}"}
@@ -257,6 +370,50 @@ class _Stream:
         self, summary: StreamSummary, *, interrupted: bool, error: UpstreamError | None = None
     ) -> tuple[Decimal, bytes, str | None]:
         service, entry = self.service, self.entry
+        if self.recorded is None:
+            record, usage = await self.record(summary, interrupted=interrupted, error=error)
+        else:
+            record, usage = self.recorded
+            if interrupted:  # a relayed answer, accounted when it was read, cut short
+                record.status = "interrupted"
+        notice = service.notice(record, self.caller) if record.status == "ok" else None
+        if notice:
+            self.tree["escalation_notice"] = notice
+        records = [*self.failed, record]
+        self.context.run(
+            service.account,
+            records,
+            caller=self.caller,
+            ctx=self.ctx,
+            request=self.request,
+            tree=self.tree,
+            streaming_ms=summary.measurements.latency_ms,
+            interrupted=interrupted,
+            adm=self.adm,
+        )
+        chunk = b""
+        if usage is not None and summary.usage is None and self.request.include_usage:
+            payload = {
+                "id": "chatcmpl-usage",
+                "object": "chat.completion.chunk",
+                "model": entry.model_id,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "total_tokens": usage.total_tokens,
+                },
+            }
+            chunk = b"data: " + json.dumps(payload).encode() + b"\n\n"
+        total = exact_sum(r.cost_usd for r in records)
+        return total, chunk, notice
+
+    async def record(
+        self, summary: StreamSummary, *, interrupted: bool, error: UpstreamError | None = None
+    ) -> tuple[CallRecord, Usage | None]:
+        """The attempt's record from ``summary`` and its exact usage (None: it could not be
+        counted), priced, its budget settled."""
+        service, entry = self.service, self.entry
         up = service.upstreams[entry.model_id]
         try:
             usage = await up.counter.usage_for_stream(self.body, summary)
@@ -289,34 +446,4 @@ class _Stream:
             record.rate_card_version = card.version if card else "unpriced"
         service.end_span(self.span, record)
         await service.settle(self.adm, entry, record)
-        notice = service.notice(record, self.caller) if record.status == "ok" else None
-        if notice:
-            self.tree["escalation_notice"] = notice
-        records = [*self.failed, record]
-        self.context.run(
-            service.account,
-            records,
-            caller=self.caller,
-            ctx=self.ctx,
-            request=self.request,
-            tree=self.tree,
-            streaming_ms=m.latency_ms,
-            interrupted=interrupted,
-            adm=self.adm,
-        )
-        chunk = b""
-        if usage is not None and summary.usage is None and self.request.include_usage:
-            payload = {
-                "id": "chatcmpl-usage",
-                "object": "chat.completion.chunk",
-                "model": entry.model_id,
-                "choices": [],
-                "usage": {
-                    "prompt_tokens": usage.prompt_tokens,
-                    "completion_tokens": usage.completion_tokens,
-                    "total_tokens": usage.total_tokens,
-                },
-            }
-            chunk = b"data: " + json.dumps(payload).encode() + b"\n\n"
-        total = exact_sum(r.cost_usd for r in records)
-        return total, chunk, notice
+        return record, usage

@@ -1,0 +1,116 @@
+"""The primary's explicit ``defer`` signal escalates a call, streamed or not.
+
+The real SmolLM2 server is made to answer ``defer`` by a GBNF grammar in the request
+(llama.cpp's constrained decoding: the model's own tokens, limited to that text). The
+gateway passes the grammar through, so the escalation model (Qwen2.5-Coder, for the
+developer persona) answers under it too: the test is about who was called and what was
+recorded, not what the bigger model says.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from openai import OpenAI
+
+from somaagent.adapters.api_keys import ApiKeyStore
+from somaagent.bootstrap import Container
+from somaagent.settings import Settings
+from tests.e2e.gateway_support import free_port, running_gateway
+from tests.e2e.test_chat_gateway import client, events_for
+from tests.integration.telemetry_support import wait_until
+
+PRIMARY = "smollm2-135m-instruct"
+ESCALATION = "qwen2.5-coder-0.5b-instruct"
+
+
+def ask(session: str, grammar: str) -> dict[str, Any]:
+    return {
+        "model": "auto",
+        "messages": [{"role": "user", "content": "Hello there."}],
+        "max_tokens": 8,
+        "temperature": 0,
+        "extra_body": {"grammar": grammar},
+        "extra_headers": {"X-Soma-Session-Id": session},
+    }
+
+
+def developer_key(stack: Settings) -> str:
+    keys = ApiKeyStore(stack.secret("postgres_dsn"))
+    try:
+        return keys.create("acme", "developer", "developer")[1]
+    finally:
+        keys.close()
+
+
+def streamed(sdk: OpenAI, kwargs: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    with sdk.chat.completions.with_streaming_response.create(stream=True, **kwargs) as raw:
+        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+        return text, dict(raw.headers)
+
+
+def test_a_defer_answer_escalates_streamed_and_not(
+    stack: Settings, pipeline: tuple[Container, dict[str, str]]
+) -> None:
+    worker, env = pipeline
+    key = developer_key(stack)
+    session = f"defer-{uuid.uuid4().hex[:8]}"
+    with running_gateway({**env, "ESCALATION_ENABLED": "true"}) as gw:
+        sdk = client(gw, key)
+        plain = sdk.chat.completions.with_raw_response.create(**ask(session, 'root ::= "defer"'))
+        assert plain.headers["x-soma-model"] == ESCALATION
+        assert plain.headers["x-soma-escalated"] == "true"
+        assert plain.parse().choices[0].message.content == "defer"
+        text, headers = streamed(sdk, ask(session, 'root ::= "defer"'))
+        assert headers["x-soma-model"] == ESCALATION and headers["x-soma-escalated"] == "true"
+        assert text == "defer"
+        # Starts like a signal and is not one: relayed from the primary, unchanged.
+        text, headers = streamed(sdk, ask(session, 'root ::= "deferred payment"'))
+        assert headers["x-soma-model"] == PRIMARY and text == "deferred payment"
+
+    assert wait_until(lambda: len(events_for(worker, "escalation_metrics", session)) == 2)
+    assert wait_until(lambda: len(events_for(worker, "slm_metrics", session)) == 3)
+    primary = events_for(worker, "slm_metrics", session)
+    assert [(r["status"], r["streamed"]) for r in primary] == [
+        ("fallback", False),
+        ("fallback", True),
+        ("ok", True),
+    ]
+    assert all(int(r["output_tokens"]) > 0 for r in primary)  # type: ignore[call-overload]
+    for row in events_for(worker, "escalation_metrics", session):
+        assert row["decision_reason"] == "slm_defer" and row["outcome"] == "success"
+        tree = json.loads(str(row["decision_tree"]))
+        assert tree["upstream_signal"] == {"model_id": PRIMARY, "signal": "defer"}
+        assert [a["model_id"] for a in tree["attempts"]] == [PRIMARY, ESCALATION]
+    assert wait_until(lambda: len(events_for(worker, "conversation_metrics", session)) == 3)
+
+
+def test_when_no_escalation_model_answers_the_primarys_own_answer_is_relayed(
+    stack: Settings, pipeline: tuple[Container, dict[str, str]]
+) -> None:
+    worker, env = pipeline
+    key = developer_key(stack)
+    session = f"defer-down-{uuid.uuid4().hex[:8]}"
+    dead_url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    dead = {"ESCALATION_ENABLED": "true", "SOMA_ESCALATION_MODEL_URL": dead_url}
+    with running_gateway({**env, **dead}) as gw:
+        sdk = client(gw, key)
+        plain = sdk.chat.completions.with_raw_response.create(**ask(session, 'root ::= "defer"'))
+        assert plain.headers["x-soma-model"] == PRIMARY
+        assert plain.parse().choices[0].message.content == "defer"
+        text, headers = streamed(sdk, ask(session, 'root ::= "defer"'))
+        assert headers["x-soma-model"] == PRIMARY and text == "defer"
+
+    assert wait_until(lambda: len(events_for(worker, "slm_metrics", session)) == 2)
+    for row in events_for(worker, "slm_metrics", session):
+        assert row["status"] == "ok" and int(row["output_tokens"]) > 0  # type: ignore[call-overload]
+        tree = json.loads(str(row["decision_tree"]))
+        assert tree["escalation_failed"] is True
+        assert tree["upstream_signal"] == {"model_id": PRIMARY, "signal": "defer"}
+    # Each attempt at the dead escalation endpoint is an event of its own.
+    assert wait_until(lambda: len(events_for(worker, "escalation_metrics", session)) >= 1)
+    outcomes = {r["outcome"] for r in events_for(worker, "escalation_metrics", session)}
+    assert outcomes == {"error"}
+    assert wait_until(lambda: len(events_for(worker, "conversation_metrics", session)) == 2)
