@@ -578,14 +578,19 @@ class BudgetState:
     def remaining_ratio(self) -> float:
         """The smallest fraction left over the limited dimensions (1 = untouched, <= 0 =
         exhausted; a zero limit counts as exhausted). For gauges and ordering only."""
-        used = (self.spent + self.reserved).as_tuple()
-        limits = (self.limits.tokens, self.limits.usd_nano, self.limits.gpu_us)
-        ratios = [
-            (limit - spent) / limit if limit > 0 else 0.0
-            for limit, spent in zip(limits, used, strict=True)
-            if limit is not None
-        ]
-        return min(ratios) if ratios else 1.0
+        limits, spent, held = self.limits, self.spent, self.reserved
+        ratio = 1.0
+        found = False
+        for limit, used in (
+            (limits.tokens, spent.tokens + held.tokens),
+            (limits.usd_nano, spent.usd_nano + held.usd_nano),
+            (limits.gpu_us, spent.gpu_us + held.gpu_us),
+        ):
+            if limit is not None:
+                value = (limit - used) / limit if limit > 0 else 0.0
+                ratio = value if not found or value < ratio else ratio
+                found = True
+        return ratio
 
     def describe_remaining(self, minus_usd: Decimal = Decimal(0)) -> str:
         """``<budget_id> <window> <key>: tokens=N usd=D gpu_hours=D`` for a response header

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Literal, TypedDict, get_args
 
 __all__ = [
@@ -271,6 +272,13 @@ def format_reset(moment: datetime) -> str:
     """
     if moment.tzinfo is None:
         raise ValueError("reset time must carry a UTC offset")
+    return _format_instant(moment)
+
+
+@lru_cache(maxsize=256)
+def _format_instant(moment: datetime) -> str:
+    # Keyed by the instant (aware datetimes hash and compare as UTC instants), which is all
+    # the text depends on; a call formats the same few window ends again and again.
     utc = moment.astimezone(UTC)
     if utc.microsecond:
         utc = utc.replace(microsecond=0) + timedelta(seconds=1)

@@ -36,13 +36,12 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from somaagent.adapters.approvals import Approval, ApprovalStore
+from somaagent.domain.budget_header import tightest_remaining
 from somaagent.domain.budgets import (
     Amounts,
     BudgetState,
     BudgetUnavailable,
     gpu_ms_to_us_ceil,
-    nano_to_usd,
-    us_to_gpu_hours,
     usd_to_nano_ceil,
 )
 from somaagent.domain.chat_request import ChatRequest, RequestError
@@ -122,18 +121,7 @@ class Admission:
         """``x-soma-budget-remaining``: what the tightest budget has left, counting this
         request's settled spend (``<id> <window> <key>: tokens=N usd=D gpu_hours=D``,
         limited dimensions only; concurrent requests may have used some since)."""
-        if not self.states:
-            return None
-        tight = min(self.states, key=lambda s: s.remaining_ratio())
-        left = tight.limits.remaining(tight.spent + tight.reserved + self.spent)
-        parts = [f"{tight.budget.budget_id} {tight.budget.window} {tight.window.key}:"]
-        if left.tokens is not None:
-            parts.append(f"tokens={max(0, left.tokens)}")
-        if left.usd_nano is not None:
-            parts.append(f"usd={nano_to_usd(max(0, left.usd_nano)):f}")
-        if left.gpu_us is not None:
-            parts.append(f"gpu_hours={us_to_gpu_hours(max(0, left.gpu_us)):f}")
-        return " ".join(parts)
+        return tightest_remaining(self.states, self.spent)
 
 
 @dataclass
