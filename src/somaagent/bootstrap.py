@@ -60,6 +60,7 @@ from somaagent.domain.routing import (
     load_catalog,
     render_catalog,
 )
+from somaagent.domain.routing.retry import RetryPolicy
 from somaagent.observability import GatewayMetrics
 from somaagent.observability.tracing import Tracing, build_tracing
 from somaagent.service.admission import Gatekeeper
@@ -281,6 +282,10 @@ def build_chat(
         deployment_mode=settings.profile.value,
         rates=rates,
         upstream_timeout_s=settings.upstream_timeout_s,
+        retry=RetryPolicy(
+            retries=settings.upstream_retries,
+            backoff_s=settings.upstream_retry_backoff_ms / 1000,
+        ),
         stats=stats.get,
         metrics=metrics,
         tracing=tracing,

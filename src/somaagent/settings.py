@@ -180,6 +180,10 @@ class Settings(BaseSettings):
     max_tokens_cap: int = Field(default=4096, ge=1)
     chat_max_body_bytes: int = Field(default=1 << 20, ge=1024)
     upstream_timeout_s: float = Field(default=120.0, gt=0)
+    # A fast, passing failure (refused, reset, 5xx, 429) is tried again on the same upstream
+    # this many times per request, after 50 ms, 100 ms, ... (domain/routing/retry.py).
+    upstream_retries: int = Field(default=1, ge=0, le=10)
+    upstream_retry_backoff_ms: int = Field(default=50, ge=0, le=2_000)
     stats_refresh_s: float = Field(default=30.0, gt=0)
     # After the gateway's loop last worked, keep polling its sockets this long instead of
     # sleeping (entrypoints/loop_spin.py); 0 turns it off (a shared core, a CPU quota).

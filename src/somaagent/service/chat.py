@@ -39,6 +39,7 @@ from somaagent.domain.routing import (
     classify_messages,
     decide,
 )
+from somaagent.domain.routing.retry import RetryPolicy
 from somaagent.domain.routing.signals import upstream_signal
 from somaagent.observability import GatewayMetrics
 from somaagent.observability.tracing import Tracing
@@ -91,6 +92,11 @@ def route_headers(entry: ModelEntry) -> dict[str, str]:
     }
 
 
+def rejected(exc: UpstreamError, status: int) -> RequestError:
+    """The client's error for a 4xx the upstream gave about the request itself."""
+    return RequestError(status, f"upstream rejected the request: {exc}", code="upstream_rejected")
+
+
 @dataclass
 class ChatService:
     """The chat use case; every collaborator is passed in by ``bootstrap``."""
@@ -105,6 +111,7 @@ class ChatService:
     deployment_mode: str
     rates: RateBook
     upstream_timeout_s: float = 120.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     producer: str = "somaagent.gateway/0.1.0"
     stats: Callable[[], Mapping[str, ModelStats]] = dict
     clock: Callable[[], float] = time.monotonic
@@ -296,6 +303,7 @@ class ChatService:
         records: list[CallRecord] = []
         reason: str = decision.reason
         deferred: tuple[dict[str, Any], Usage, CallRecord] | None = None
+        failures: dict[str, int] = {}
         while candidates:
             entry = candidates.pop(0)
             up = self.upstreams[entry.model_id]
@@ -324,12 +332,11 @@ class ChatService:
                     self.account(
                         records, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm
                     )
-                    raise RequestError(
-                        exc.status,
-                        f"upstream rejected the request: {exc}",
-                        code="upstream_rejected",
-                    ) from None
-                reason = "fallback"
+                    raise rejected(exc, exc.status) from None
+                if await self.retries(entry, exc, attempts, failures):
+                    candidates.insert(0, entry)
+                else:
+                    reason = "fallback"
                 continue
             up.breaker.record_success(self.clock())
             usage = await up.counter.usage_for_result(body, result)
@@ -339,18 +346,14 @@ class ChatService:
             self.end_span(span, record)
             await self.settle(adm, entry, record)
             attempts.append({"model_id": entry.model_id, "status": "ok"})
-            signal = upstream_signal(text) if entry.tier != "escalation" else None
-            if signal is not None and self.flags.escalation_enabled:
-                escalation = self.route(request, caller, signal)
-                if escalation.escalated:
-                    record.status = "fallback"
-                    records.append(record)
-                    deferred = (result.body, usage, record)
-                    tree["upstream_signal"] = {"model_id": entry.model_id, "signal": signal}
-                    tree["escalation"] = escalation.decision_tree()
-                    reason = escalation.reason
-                    candidates = [e for e in self.candidates(escalation) if e.tier == "escalation"]
-                    continue
+            escalation = self.escalate_on(upstream_signal(text), entry, request, caller, tree)
+            if escalation is not None:
+                record.status = "fallback"
+                records.append(record)
+                deferred = (result.body, usage, record)
+                reason = escalation.reason
+                candidates = [e for e in self.candidates(escalation) if e.tier == "escalation"]
+                continue
             records.append(record)
             notice = self.notice(record, caller)
             if notice:
@@ -494,6 +497,43 @@ class ChatService:
             code="upstream_unavailable",
             kind="server_error",
         )
+
+    def escalate_on(
+        self,
+        signal: str | None,
+        entry: ModelEntry,
+        request: ChatRequest,
+        caller: Caller,
+        tree: dict[str, Any],
+    ) -> Decision | None:
+        """The escalation that ``entry``'s answer signalled, noted in ``tree``; None when
+        there is no signal, escalation is off, or no escalation model may answer."""
+        if signal is None or entry.tier == "escalation" or not self.flags.escalation_enabled:
+            return None
+        escalation = self.route(request, caller, signal)
+        if not escalation.escalated:
+            return None
+        tree["upstream_signal"] = {"model_id": entry.model_id, "signal": signal}
+        tree["escalation"] = escalation.decision_tree()
+        return escalation
+
+    async def retries(
+        self,
+        entry: ModelEntry,
+        exc: UpstreamError,
+        attempts: list[dict[str, Any]],
+        failures: dict[str, int],
+    ) -> bool:
+        """Whether to try ``entry`` again after the failure just listed in ``attempts``
+        (``failures``: failed tries per model in this request); waits the back-off first."""
+        failed = failures[entry.model_id] = failures.get(entry.model_id, 0) + 1
+        delay = self.retry.delay(exc.kind, exc.status, failed)
+        if delay is None:
+            return False
+        attempts[-1]["retried"] = True
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return True
 
     def failed_attempt(
         self,

@@ -81,6 +81,7 @@ async def _connect(
     reason: str = decision.reason
     queue = list(candidates)
     deferred: _Deferred | None = None  # the primary's whole answer, which was a signal
+    failures: dict[str, int] = {}
     while queue:
         entry = queue.pop(0)
         up = service.upstreams[entry.model_id]
@@ -114,7 +115,10 @@ async def _connect(
                 )
             )
             await service.settle(adm, entry, failed[-1])
-            reason = "fallback"
+            if await service.retries(entry, error, attempts, failures):
+                queue.insert(0, entry)
+            else:
+                reason = "fallback"
             continue
         up.breaker.record_success(service.clock())
         attempts.append({"model_id": entry.model_id, "status": "ok"})
@@ -125,9 +129,9 @@ async def _connect(
         head = _Head([first])
         if deferred is None and entry.tier != "escalation" and service.flags.escalation_enabled:
             signal = await head.peek(upstream)
-            escalation = service.route(request, caller, signal) if signal else None
-            if signal and escalation is not None and escalation.escalated:
-                deferred = await _Deferred.take(state, head, upstream, signal, escalation)
+            escalation = service.escalate_on(signal, entry, request, caller, tree)
+            if escalation is not None:
+                deferred = await _Deferred.take(state, head, upstream)
                 reason = escalation.reason
                 queue = [e for e in service.candidates(escalation) if e.tier == "escalation"]
                 continue
@@ -212,15 +216,11 @@ class _Deferred:
         state: _Stream,
         head: _Head,
         upstream: AsyncGenerator[StreamEvent, None],
-        signal: str,
-        escalation: Decision,
     ) -> _Deferred:
         assert head.summary is not None  # ``peek`` read a signal to its end
         record, usage = await state.record(head.summary, interrupted=False)
         record.status = "fallback"
         state.failed.append(record)
-        state.tree["upstream_signal"] = {"model_id": state.entry.model_id, "signal": signal}
-        state.tree["escalation"] = escalation.decision_tree()
         return cls(state, head, record, usage, upstream)
 
     def relay(self) -> tuple[dict[str, str], StreamBody]:

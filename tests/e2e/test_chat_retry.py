@@ -1,0 +1,89 @@
+"""A primary that is not up yet: the gateway tries it again until it answers.
+
+The primary llama-server of this test's own is started only after the request has
+reached the gateway: the first tries are refused (nothing listens yet) or answered 503
+while the model loads, and a later try is answered by the real model. With no other
+candidate (escalation and the SLM tier off), only the retries can answer the request.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from somaagent.bootstrap import Container
+from somaagent.domain.routing import default_catalog_text
+from somaagent.stack import Supervisor
+from tests.conftest import fresh_state, make_settings
+from tests.e2e.gateway_support import running_gateway
+from tests.e2e.test_chat_gateway import client, events_for
+from tests.integration.telemetry_support import wait_until
+
+
+@pytest.fixture()
+def late_primary() -> Iterator[Supervisor]:
+    """A primary llama-server of this test's own, not started yet (the test starts it)."""
+    settings = make_settings("retry", 27400)
+    fresh_state(settings)
+    supervisor = Supervisor(settings)
+    try:
+        yield supervisor
+    finally:
+        supervisor.down()
+
+
+def test_an_upstream_that_comes_up_late_answers_through_retries(
+    late_primary: Supervisor, pipeline: tuple[Container, dict[str, str]]
+) -> None:
+    worker, env = pipeline
+    catalog = yaml.safe_load(default_catalog_text())
+    primary = next(m for m in catalog["models"] if m["tier"] == "primary")
+    primary["base_url"] = late_primary.settings.url("primary_model_url")
+    late_primary.settings.state_dir.mkdir(parents=True, exist_ok=True)
+    path = late_primary.settings.state_dir / "catalog.yaml"
+    path.write_text(yaml.safe_dump(catalog, sort_keys=False))
+    session = f"retry-{uuid.uuid4().hex[:8]}"
+    retries = {
+        "SOMA_CATALOG_FILE": str(path),
+        "SOMA_UPSTREAM_RETRIES": "4",  # 0.25 + 0.5 + 1 + 2 s: under the breaker's 5 failures
+        "SOMA_UPSTREAM_RETRY_BACKOFF_MS": "250",
+    }
+    with running_gateway({**env, **retries}) as gw:
+        starter = threading.Timer(0.1, lambda: late_primary.up(only=["model-primary"]))
+        began = time.monotonic()
+        starter.start()
+        try:
+            answer = client(gw).chat.completions.with_raw_response.create(  # type: ignore[call-overload]
+                model="auto",
+                messages=[{"role": "user", "content": "Say hi."}],
+                max_tokens=8,
+                extra_headers={"X-Soma-Session-Id": session},
+            )
+        finally:
+            starter.join()
+        assert answer.headers["x-soma-model"] == primary["model_id"]
+        assert answer.parse().choices[0].message.content
+        assert time.monotonic() - began < 10
+
+    assert wait_until(
+        lambda: any(r["status"] == "ok" for r in events_for(worker, "slm_metrics", session))
+    )
+    rows = events_for(worker, "slm_metrics", session)
+    failed = [r for r in rows if r["status"] == "error"]
+    assert failed and len(rows) == len(failed) + 1
+    assert all(
+        str(r["error_code"]).startswith(("upstream_connect", "upstream_http")) for r in failed
+    )
+    tree = json.loads(str(rows[-1]["decision_tree"]))
+    attempts = tree["attempts"]
+    assert [a["model_id"] for a in attempts] == [primary["model_id"]] * len(rows)
+    assert all(a.get("retried") is True for a in attempts[:-1]) and attempts[-1]["status"] == "ok"
+    assert wait_until(lambda: len(events_for(worker, "conversation_metrics", session)) == 1)
+    conv = events_for(worker, "conversation_metrics", session)[0]
+    assert int(conv["requeue_count"]) == len(failed)  # type: ignore[call-overload]
