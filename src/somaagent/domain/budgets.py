@@ -579,18 +579,17 @@ class BudgetState:
         """The smallest fraction left over the limited dimensions (1 = untouched, <= 0 =
         exhausted; a zero limit counts as exhausted). For gauges and ordering only."""
         limits, spent, held = self.limits, self.spent, self.reserved
-        ratio = 1.0
-        found = False
+        tightest: float | None = None
         for limit, used in (
             (limits.tokens, spent.tokens + held.tokens),
             (limits.usd_nano, spent.usd_nano + held.usd_nano),
             (limits.gpu_us, spent.gpu_us + held.gpu_us),
         ):
             if limit is not None:
-                value = (limit - used) / limit if limit > 0 else 0.0
-                ratio = value if not found or value < ratio else ratio
-                found = True
-        return ratio
+                ratio = (limit - used) / limit if limit > 0 else 0.0
+                if tightest is None or ratio < tightest:
+                    tightest = ratio
+        return 1.0 if tightest is None else tightest
 
     def describe_remaining(self, minus_usd: Decimal = Decimal(0)) -> str:
         """``<budget_id> <window> <key>: tokens=N usd=D gpu_hours=D`` for a response header

@@ -128,7 +128,7 @@ async def _connect(
         state.adm, state.span = adm, span
         head = _Head([first])
         if deferred is None and entry.tier != "escalation" and service.flags.escalation_enabled:
-            signal = await head.peek(upstream)
+            signal = await head.peek(upstream, acc)
             escalation = service.escalate_on(signal, entry, request, caller, tree)
             if escalation is not None:
                 deferred = await _Deferred.take(state, head, upstream)
@@ -152,19 +152,6 @@ def _headers(service: ChatService, entry: ModelEntry, adm: Admission | None) -> 
     }
 
 
-def _text(event: StreamEvent) -> str:
-    """The answer text a chunk adds (every choice's ``delta.content``)."""
-    if isinstance(event, StreamSummary):
-        return ""
-    parts = []
-    for choice in event.data.get("choices") or ():
-        delta = choice.get("delta") if isinstance(choice, dict) else None
-        content = delta.get("content") if isinstance(delta, dict) else None
-        if isinstance(content, str):
-            parts.append(content)
-    return "".join(parts)
-
-
 class _Head:
     """The events read from an upstream before the answer is relayed (at least its first
     chunk), and the error that ended it there, if one did."""
@@ -178,15 +165,16 @@ class _Head:
         last = self.events[-1]
         return last if isinstance(last, StreamSummary) else None
 
-    async def peek(self, upstream: AsyncGenerator[StreamEvent, None]) -> str | None:
-        """Read on while the answer so far could still be a signal (for most answers, up
-        to their first words); when it is one, read it to its end. The signal, or None."""
-        text = "".join(_text(e) for e in self.events)
+    async def peek(
+        self, upstream: AsyncGenerator[StreamEvent, None], acc: StreamAccumulator
+    ) -> str | None:
+        """Read on while the answer so far (``acc``, which ``upstream`` feeds) could still
+        be a signal (for most answers, up to their first words); when it is one, read it to
+        its end. The signal, or None."""
         try:
-            while self.summary is None and signal_pending(text):
+            while self.summary is None and signal_pending(acc.text):
                 self.events.append(await upstream.__anext__())
-                text += _text(self.events[-1])
-            signal = upstream_signal(text)
+            signal = upstream_signal(acc.text)
             if signal is None:
                 return None
             while self.summary is None:

@@ -98,6 +98,12 @@ class StreamAccumulator:
         return sum(choice.deltas for choice in self._choices.values())
 
     @property
+    def text(self) -> str:
+        """The text generated so far, every choice in index order (as ``summary()`` has
+        it in ``completion_text``)."""
+        return "".join("".join(tally.parts) for _, tally in sorted(self._choices.items()))
+
+    @property
     def finished_choices(self) -> bool:
         """Every choice seen so far has a finish reason (and there was at least one)."""
         return bool(self._choices) and all(c.finish_reason for c in self._choices.values())
