@@ -7,6 +7,8 @@ import time
 import uuid
 
 import httpx
+import openai
+import pytest
 from openai import OpenAI
 
 from somaagent.adapters.api_keys import ApiKeyStore
@@ -116,6 +118,13 @@ def test_escalation_by_flag_and_persona(
         assert support.headers["x-soma-model"] == "smollm2-135m-instruct"
         models = {m.id for m in client(gw, support_key).models.list()}
         assert "qwen2.5-coder-0.5b-instruct" not in models
+        # models.retrieve: a model the persona may not use does not exist for it.
+        coder = client(gw, dev_key).models.retrieve("qwen2.5-coder-0.5b-instruct")
+        assert coder.id == "qwen2.5-coder-0.5b-instruct" and coder.object == "model"
+        with pytest.raises(openai.NotFoundError) as hidden:
+            client(gw, support_key).models.retrieve("qwen2.5-coder-0.5b-instruct")
+        assert hidden.value.code == "model_not_found"
+        assert "does not exist" in hidden.value.message
     with running_gateway(env) as gw:  # ESCALATION_ENABLED defaults to false
         off = client(gw, dev_key).chat.completions.with_raw_response.create(**ask)  # type: ignore[call-overload]
         assert off.headers["x-soma-model"] == "smollm2-135m-instruct"

@@ -9,10 +9,12 @@ candidate (escalation and the SLM tier off), only the retries can answer the req
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 
 import pytest
 import yaml
@@ -21,7 +23,7 @@ from somaagent.bootstrap import Container
 from somaagent.domain.routing import default_catalog_text
 from somaagent.stack import Supervisor
 from tests.conftest import fresh_state, make_settings
-from tests.e2e.gateway_support import running_gateway
+from tests.e2e.gateway_support import free_port, running_gateway
 from tests.e2e.test_chat_gateway import client, events_for
 from tests.integration.telemetry_support import wait_until
 
@@ -87,3 +89,44 @@ def test_an_upstream_that_comes_up_late_answers_through_retries(
     assert wait_until(lambda: len(events_for(worker, "conversation_metrics", session)) == 1)
     conv = events_for(worker, "conversation_metrics", session)[0]
     assert int(conv["requeue_count"]) == len(failed)  # type: ignore[call-overload]
+
+
+def test_a_client_that_leaves_during_the_back_off_ends_the_retries(
+    pipeline: tuple[Container, dict[str, str]],
+) -> None:
+    """The only primary is down and the retries wait 2 s each: a streamed request whose
+    client leaves during the first wait is not tried again, and its turn is recorded as
+    interrupted at once, with the one failed try (not, seconds later, as failed)."""
+    worker, env = pipeline
+    session = f"retry-cut-{uuid.uuid4().hex[:8]}"
+    dead = {
+        "SOMA_PRIMARY_MODEL_URL": f"http://127.0.0.1:{free_port()}/v1",  # nothing listens
+        "SOMA_UPSTREAM_RETRIES": "3",
+        "SOMA_UPSTREAM_RETRY_BACKOFF_MS": "2000",
+    }
+    payload = json.dumps(
+        {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8, "stream": True}
+    ).encode()
+    with running_gateway({**env, **dead}) as gw:
+        with socket.create_connection(("127.0.0.1", gw.gateway_port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\n"
+                b"content-type: application/json\r\n"
+                + f"x-soma-session-id: {session}\r\ncontent-length: {len(payload)}\r\n\r\n".encode()
+                + payload
+            )
+            time.sleep(0.5)  # the first try was refused; the first back-off runs
+    assert wait_until(lambda: len(events_for(worker, "conversation_metrics", session)) == 1)
+    conv = events_for(worker, "conversation_metrics", session)[0]
+    assert conv["status"] == "interrupted" and conv["interrupt_count"] == 1
+    rows = events_for(worker, "slm_metrics", session)
+    assert [(r["status"], r["error_code"]) for r in rows] == [("error", "upstream_connect")]
+    tree = json.loads(str(rows[0]["decision_tree"]))
+    assert [a.get("error") for a in tree["attempts"]] == ["connect"]
+    # Recorded as the client left, not after the 2 s back-off (let alone all three).
+    waited = _at(conv["occurred_at"]) - _at(rows[0]["occurred_at"])
+    assert waited.total_seconds() < 1.5
+
+
+def _at(value: object) -> datetime:
+    return datetime.fromisoformat(str(value))

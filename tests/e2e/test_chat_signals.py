@@ -10,9 +10,13 @@ recorded, not what the bigger model says.
 from __future__ import annotations
 
 import json
+import socket
+import time
 import uuid
 from typing import Any
 
+import httpx
+import pytest
 from openai import OpenAI
 
 from somaagent.adapters.api_keys import ApiKeyStore
@@ -114,3 +118,66 @@ def test_when_no_escalation_model_answers_the_primarys_own_answer_is_relayed(
     outcomes = {r["outcome"] for r in events_for(worker, "escalation_metrics", session)}
     assert outcomes == {"error"}
     assert wait_until(lambda: len(events_for(worker, "conversation_metrics", session)) == 2)
+
+
+DOTS = 900  # within a slot's context (4,096 over 4 slots), several seconds of decoding
+
+
+def _processing(stack: Settings) -> float:
+    """llama-server's own count of requests it is generating for (its ``/metrics``)."""
+    text = httpx.get(f"http://127.0.0.1:{stack.port('primary_model_port')}/metrics").text
+    for line in text.splitlines():
+        if line.startswith("llamacpp:requests_processing"):
+            return float(line.split()[-1])
+    raise AssertionError("llama-server reports no requests_processing")
+
+
+def test_a_client_that_leaves_while_the_head_is_held_cancels_the_upstream(
+    stack: Settings, pipeline: tuple[Container, dict[str, str]]
+) -> None:
+    """With escalation on, an answer of punctuation only could still become a signal, so
+    the gateway holds the stream's head back; here it is ``DOTS`` dots (``ignore_eos``). The
+    client leaves after a second: the primary's generation stops at once and the dots it
+    produced are accounted as an interrupt."""
+    worker, env = pipeline
+    session = f"head-cut-{uuid.uuid4().hex[:8]}"
+    body = {
+        "model": PRIMARY,
+        "messages": [{"role": "user", "content": "Hello there."}],
+        "max_tokens": DOTS,
+        "temperature": 0,
+        "grammar": "root ::= [.]+",
+        "ignore_eos": True,
+        "stream": True,
+    }
+    payload = json.dumps(body).encode()
+    with running_gateway({**env, "ESCALATION_ENABLED": "true"}) as gw:
+        # A raw socket: an HTTP client would wait for the response's head before it let go.
+        with socket.create_connection(("127.0.0.1", gw.gateway_port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\n"
+                b"content-type: application/json\r\n"
+                + f"x-soma-session-id: {session}\r\ncontent-length: {len(payload)}\r\n\r\n".encode()
+                + payload
+            )
+            assert wait_until(lambda: _processing(stack) >= 1, timeout_s=10)
+            time.sleep(1.0)
+            sock.settimeout(0)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)  # nothing of the answer has left yet: its head is held
+        left = time.monotonic()
+        assert wait_until(lambda: _processing(stack) == 0, timeout_s=10, step_s=0.05)
+        stopped_s = time.monotonic() - left
+    assert wait_until(lambda: len(events_for(worker, "conversation_metrics", session)) == 1)
+    conv = events_for(worker, "conversation_metrics", session)[0]
+    assert conv["interrupt_count"] == 1 and conv["status"] == "interrupted"
+    call = events_for(worker, "slm_metrics", session)[0]
+    assert call["status"] == "interrupted" and call["streamed"]
+    produced = int(call["output_tokens"])  # type: ignore[call-overload]
+    assert 0 < produced < DOTS
+    tree = json.loads(str(call["decision_tree"]))
+    assert tree["attempts"] == [{"model_id": PRIMARY, "status": "interrupted"}]
+    # The generation stopped with the client, not at the answer's end: at the rate it
+    # produced its dots, the rest would have taken far longer than it took to stop.
+    rate = produced / (float(call["latency_ms"]) / 1000)  # type: ignore[arg-type]
+    assert stopped_s < (DOTS - produced) / rate

@@ -69,6 +69,22 @@ def test_pipelined_requests_get_their_answers_in_order(stack: Settings) -> None:
         wire.close()
 
 
+def test_unknown_paths_and_methods_get_openai_error_objects(stack: Settings) -> None:
+    wire = Wire(stack)
+    try:
+        wire.send(_get("/v1/no-such-endpoint") + _get("/v1/chat/completions"))
+        status, headers, body = wire.response()
+        assert status == 404 and headers["content-type"] == "application/json"
+        error = json.loads(body)["error"]
+        assert error["code"] == "not_found" and "GET /v1/no-such-endpoint" in error["message"]
+        status, headers, body = wire.response()
+        assert status == 405 and headers["allow"] == "POST"
+        error = json.loads(body)["error"]
+        assert error["code"] == "method_not_allowed" and error["type"] == "invalid_request_error"
+    finally:
+        wire.close()
+
+
 def test_expect_100_continue_then_the_answer(stack: Settings) -> None:
     body = b"{not json"
     wire = Wire(stack)

@@ -12,6 +12,7 @@ import anyio.to_thread
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -21,7 +22,12 @@ from somaagent.adapters.ledger import LedgerStore
 from somaagent.bootstrap import Container, bootstrap
 from somaagent.entrypoints.http_alerts import list_alerts, receive_alerts
 from somaagent.entrypoints.http_budgets import budget_item, budget_summary, budgets_collection
-from somaagent.entrypoints.http_chat import chat_completions, list_models
+from somaagent.entrypoints.http_chat import (
+    chat_completions,
+    list_models,
+    openai_error,
+    retrieve_model,
+)
 from somaagent.entrypoints.http_operator import (
     decide_approval,
     get_approval,
@@ -72,6 +78,23 @@ def start_jobs(container: Container) -> Periodic:
     if container.chat is not None:
         jobs.start("ratecards", 60.0, container.refresh_rates, first_s=60.0)
     return jobs
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (no such path, a method the path does not take) as OpenAI
+    error objects, as every other error of the API is, instead of plain text."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"no such endpoint: {request.method} {request.url.path}"
+        response = openai_error(404, message, code="not_found")
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+        response = openai_error(405, message, code="method_not_allowed")
+    else:
+        response = openai_error(exc.status_code, str(exc.detail))
+    for name, value in (exc.headers or {}).items():  # a 405's Allow
+        response.headers[name] = value
+    return response
 
 
 class HotPaths:
@@ -139,6 +162,7 @@ def create_app(settings: Settings) -> HotPaths:
         Route("/v1/telemetry/events", ingest_events, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
         Route("/v1/alerts", receive_alerts, methods=["POST"]),
         Route("/v1/alerts", list_alerts, methods=["GET"]),
         Route("/v1/telemetry/tokens", telemetry_tokens, methods=["GET"]),
@@ -155,7 +179,11 @@ def create_app(settings: Settings) -> HotPaths:
     ]
     spin_s = settings.gateway_loop_spin_us / 1e6
     return HotPaths(
-        Starlette(routes=routes, lifespan=lifespan),
+        Starlette(
+            routes=routes,
+            lifespan=lifespan,
+            exception_handlers={HTTPException: http_error},
+        ),
         spinner=LoopSpinner(spin_s) if spin_s > 0 else None,
     )
 

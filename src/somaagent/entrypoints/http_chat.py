@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import anyio
@@ -23,10 +24,19 @@ from somaagent.domain.identity import (
     RequestContext,
     build_request_context,
 )
+from somaagent.domain.routing import ModelEntry
 from somaagent.observability.logging import bind_log_context
+from somaagent.service.chat import ChatService
 from somaagent.service.chat_stream import StreamBody, open_stream
 
-__all__ = ["chat_completions", "list_models", "openai_error", "read_json_body"]
+__all__ = [
+    "chat_completions",
+    "list_models",
+    "open_unless_gone",
+    "openai_error",
+    "read_json_body",
+    "retrieve_model",
+]
 
 log = logging.getLogger("somaagent.gateway")
 
@@ -179,9 +189,8 @@ async def chat_completions(request: Request) -> Response:
             ):
                 approval_id = incoming.get("x-soma-approval") or None
                 if chat.stream:
-                    headers, body = await open_stream(
-                        service, chat, caller, ctx, received, approval_id
-                    )
+                    opening = open_stream(service, chat, caller, ctx, received, approval_id)
+                    headers, body = await open_unless_gone(opening, request.receive)
                     return EventStream(body, headers)
                 outcome = await service.complete(chat, caller, ctx, received, approval_id)
                 return FastJSONResponse(outcome.body, headers=outcome.headers)
@@ -192,9 +201,48 @@ async def chat_completions(request: Request) -> Response:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
     except KeyStoreUnavailable as exc:
         return openai_error(503, f"cannot check the API key right now: {exc}", kind="server_error")
+    except ClientDisconnect:  # nobody is left to answer (nothing is sent)
+        return Response(status_code=499)
     except Exception:  # a bug must not become a traceback on the wire
         log.exception("chat completion failed")
         return openai_error(500, "internal error; it has been logged", kind="server_error")
+
+
+async def open_unless_gone(
+    opening: Coroutine[Any, Any, tuple[dict[str, str], StreamBody]], receive: Receive
+) -> tuple[dict[str, str], StreamBody]:
+    """Open a stream while watching the client (``ClientDisconnect`` when it left first).
+
+    Before the first byte of the answer a stream may wait long: a long prompt's prefill, or
+    the head held back while it could be a signal (with escalation on, a whole answer that
+    is one). A client that leaves meanwhile cancels the opening, whose upstream request is
+    then closed and its partial answer accounted as an interrupt (``chat_stream``)."""
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(opening)
+    watch = loop.create_task(_disconnected(receive))
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # this handler itself is cancelled: so is the opening
+        task.cancel()
+        watch.cancel()
+        raise
+    if task.done():
+        watch.cancel()
+        return task.result()
+    task.cancel()
+    try:
+        _headers, body = await task
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise
+        raise ClientDisconnect() from None
+    await body.aclose()  # it opened as the client left: accounted as an interrupt
+    raise ClientDisconnect()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def list_models(request: Request) -> Response:
@@ -203,13 +251,44 @@ async def list_models(request: Request) -> Response:
         caller = await authenticate(request)
     except IdentityError as exc:
         return openai_error(exc.status, str(exc), kind="authentication_error")
-    catalog = container.chat.catalog
-    data: list[dict[str, Any]] = [
-        {"id": e.model_id, "object": "model", "created": 0, "owned_by": "somaagent", "tier": e.tier}
-        for e in catalog.allowed_for(caller.persona, caller.role)
-        if e.model_id in container.chat.upstreams
-    ]
+    data = [_model_object(e) for e in _visible_models(container.chat, caller)]
     return JSONResponse({"object": "list", "data": data})
+
+
+async def retrieve_model(request: Request) -> Response:
+    """``GET /v1/models/{model}`` (the SDK's ``models.retrieve``): one model the caller may
+    use, or a 404 as for a model that does not exist."""
+    container = request.app.state.container
+    try:
+        caller = await authenticate(request)
+    except IdentityError as exc:
+        return openai_error(exc.status, str(exc), kind="authentication_error")
+    model_id = request.path_params["model"]
+    for entry in _visible_models(container.chat, caller):
+        if entry.model_id == model_id:
+            return JSONResponse(_model_object(entry))
+    return openai_error(
+        404, f"The model '{model_id}' does not exist", param="model", code="model_not_found"
+    )
+
+
+def _visible_models(service: ChatService, caller: Caller) -> list[ModelEntry]:
+    """The catalog's models with a configured upstream that ``caller`` may ask for."""
+    return [
+        e
+        for e in service.catalog.allowed_for(caller.persona, caller.role)
+        if e.model_id in service.upstreams
+    ]
+
+
+def _model_object(entry: ModelEntry) -> dict[str, Any]:
+    return {
+        "id": entry.model_id,
+        "object": "model",
+        "created": 0,
+        "owned_by": "somaagent",
+        "tier": entry.tier,
+    }
 
 
 class EventStream(Response):

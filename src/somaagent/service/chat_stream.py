@@ -15,7 +15,7 @@ import asyncio
 import contextvars
 import json
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -61,6 +61,9 @@ async def open_stream(
         )
         handed_over = True
         return headers, body
+    except asyncio.CancelledError:
+        handed_over = True  # ``_connect`` left the accounting to a task of its own
+        raise
     finally:
         if not handed_over:
             await service.finish(adm)
@@ -82,65 +85,110 @@ async def _connect(
     queue = list(candidates)
     deferred: _Deferred | None = None  # the primary's whole answer, which was a signal
     failures: dict[str, int] = {}
-    while queue:
-        entry = queue.pop(0)
-        up = service.upstreams[entry.model_id]
-        if not await service.may_try(adm, entry, attempts):
-            continue
-        acc = StreamAccumulator()
-        body = request.upstream_body(entry.model_id)
-        started = time.perf_counter()
-        span = service.tracing.start(
-            f"chat {entry.model_id}", service.span_attributes(entry, request)
-        )
-        upstream = up.client.stream(
-            body,
-            timeout_s=service.timeout(adm, entry),
-            traceparent=service.tracing.traceparent(span, ctx.trace.traceparent),
-            accumulator=acc,
-        )
-        try:
-            first = await upstream.__anext__()
-        except (UpstreamError, StopAsyncIteration) as exc:
-            await upstream.aclose()
-            error = (
-                exc
-                if isinstance(exc, UpstreamError)
-                else UpstreamError("protocol", "stream ended before any chunk")
-            )
-            service.tracing.end(span, f"upstream_{error.kind}")
-            failed.append(
-                service.failed_attempt(
-                    entry, error, attempts, started, received, reason, service.timeout(adm, entry)
-                )
-            )
-            await service.settle(adm, entry, failed[-1])
-            if await service.retries(entry, error, attempts, failures):
-                queue.insert(0, entry)
-            else:
-                reason = "fallback"
-            continue
-        up.breaker.record_success(service.clock())
-        attempts.append({"model_id": entry.model_id, "status": "ok"})
-        state = _Stream(
-            service, request, caller, ctx, entry, tree, failed, reason, started, received, acc, body
-        )
-        state.adm, state.span = adm, span
-        head = _Head([first])
-        if deferred is None and entry.tier != "escalation" and service.flags.escalation_enabled:
-            signal = await head.peek(upstream, acc)
-            escalation = service.escalate_on(signal, entry, request, caller, tree)
-            if escalation is not None:
-                deferred = await _Deferred.take(state, head, upstream)
-                reason = escalation.reason
-                queue = [e for e in service.candidates(escalation) if e.tier == "escalation"]
+    current: _Stream | None = None  # the attempt in flight
+    try:
+        while queue:
+            entry = queue.pop(0)
+            up = service.upstreams[entry.model_id]
+            if not await service.may_try(adm, entry, attempts):
                 continue
-        return _headers(service, entry, adm), StreamBody(state, head, upstream)
+            state = current = _Stream(
+                service, request, caller, ctx, entry, tree, failed, reason, received
+            )
+            upstream = state.start(adm)
+            try:
+                first = await upstream.__anext__()
+            except (UpstreamError, StopAsyncIteration) as exc:
+                current = None
+                await upstream.aclose()
+                error = (
+                    exc
+                    if isinstance(exc, UpstreamError)
+                    else UpstreamError("protocol", "stream ended before any chunk")
+                )
+                service.tracing.end(state.span, f"upstream_{error.kind}")
+                timeout_s = service.timeout(adm, entry)
+                failed.append(
+                    service.failed_attempt(
+                        entry, error, attempts, state.started, received, reason, timeout_s
+                    )
+                )
+                await service.settle(adm, entry, failed[-1])
+                if await service.retries(entry, error, attempts, failures):
+                    queue.insert(0, entry)
+                else:
+                    reason = "fallback"
+                continue
+            up.breaker.record_success(service.clock())
+            state.attempt = {"model_id": entry.model_id, "status": "ok"}
+            attempts.append(state.attempt)
+            head = _Head([first])
+            if deferred is None and entry.tier != "escalation" and service.flags.escalation_enabled:
+                signal = await head.peek(upstream, state.acc)
+                escalation = service.escalate_on(signal, entry, request, caller, tree)
+                if escalation is not None:
+                    deferred = await _Deferred.take(state, head, upstream)
+                    current = None
+                    reason = escalation.reason
+                    queue = [e for e in service.candidates(escalation) if e.tier == "escalation"]
+                    continue
+            current = None
+            return _headers(service, entry, adm), StreamBody(state, head, upstream)
+    except asyncio.CancelledError:
+        _cut_short(service, current, failed, attempts, request, caller, ctx, tree, adm)
+        raise
     if deferred is not None:
         return deferred.relay()
     service.all_failed(
         failed, attempts, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm
     )
+
+
+def _cut_short(
+    service: ChatService,
+    current: _Stream | None,
+    failed: list[CallRecord],
+    attempts: list[dict[str, Any]],
+    request: ChatRequest,
+    caller: Caller,
+    ctx: RequestContext,
+    tree: dict[str, Any],
+    adm: Admission | None,
+) -> None:
+    """The opening was cancelled (the client left before the answer started: a long
+    prompt's prefill, or a head held back while it could be a signal). Close the upstream
+    request in flight and account for everything so far, in a task of its own: the attempt
+    in flight as ``interrupted`` with the tokens it produced, the turn as interrupted."""
+    if current is not None:
+        if current.attempt is not None:
+            current.attempt["status"] = "interrupted"
+        else:
+            attempts.append({"model_id": current.entry.model_id, "status": "interrupted"})
+        assert current.upstream is not None  # set as the attempt started
+        current.abandon(current.upstream)
+        return
+
+    async def account() -> None:
+        try:
+            service.account(
+                failed,
+                caller=caller,
+                ctx=ctx,
+                request=request,
+                tree=tree,
+                interrupted=True,
+                adm=adm,
+            )
+        finally:
+            await service.finish(adm)
+
+    _in_background(service, account())
+
+
+def _in_background(service: ChatService, work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(work)
+    service.background.add(task)
+    task.add_done_callback(service.background.discard)
 
 
 def _headers(service: ChatService, entry: ModelEntry, adm: Admission | None) -> dict[str, str]:
@@ -259,21 +307,39 @@ class _Stream:
         tree: dict[str, Any],
         failed: list[CallRecord],
         reason: str,
-        started: float,
         received: float,
-        acc: StreamAccumulator,
-        body: dict[str, Any],
     ) -> None:
         self.service, self.request, self.caller, self.ctx = service, request, caller, ctx
         self.entry, self.tree, self.failed, self.reason = entry, tree, failed, reason
-        self.started, self.received, self.acc, self.body = started, received, acc, body
+        self.received = received
+        self.started = time.perf_counter()
+        self.acc = StreamAccumulator()
+        self.body = request.upstream_body(entry.model_id)
+        self.upstream: AsyncGenerator[StreamEvent, None] | None = None
         self.adm: Admission | None = None
         self.span: Any = None
+        # The attempt's entry in the tree's ``attempts`` once it answered.
+        self.attempt: dict[str, Any] | None = None
         # The attempt's record and usage, when it was accounted before it was relayed.
         self.recorded: tuple[CallRecord, Usage | None] | None = None
         # The body runs after the handler has left the request's span and log context:
         # accounting re-enters them so its spans and log lines stay in the request's trace.
         self.context = contextvars.copy_context()
+
+    def start(self, adm: Admission | None) -> AsyncGenerator[StreamEvent, None]:
+        """Send the attempt's upstream request (under ``adm``); its stream of events."""
+        service, entry = self.service, self.entry
+        self.adm = adm
+        self.span = service.tracing.start(
+            f"chat {entry.model_id}", service.span_attributes(entry, self.request)
+        )
+        self.upstream = service.upstreams[entry.model_id].client.stream(
+            self.body,
+            timeout_s=service.timeout(adm, entry),
+            traceparent=service.tracing.traceparent(self.span, self.ctx.trace.traceparent),
+            accumulator=self.acc,
+        )
+        return self.upstream
 
     async def run(
         self, head: _Head, upstream: AsyncGenerator[StreamEvent, None]
@@ -326,16 +392,12 @@ class _Stream:
             if not finished:
                 # The client went away (or we were cancelled): close the upstream request and
                 # account for what was produced, outside this (possibly cancelled) task.
-                task = asyncio.get_running_loop().create_task(self._interrupted(upstream))
-                self.service.background.add(task)
-                task.add_done_callback(self.service.background.discard)
+                _in_background(self.service, self._interrupted(upstream))
 
     def abandon(self, upstream: AsyncGenerator[StreamEvent, None]) -> None:
         """The body was never iterated (the client left before it started): close the
         upstream request and account for what it produced, in the background."""
-        task = asyncio.get_running_loop().create_task(self._interrupted(upstream))
-        self.service.background.add(task)
-        task.add_done_callback(self.service.background.discard)
+        _in_background(self.service, self._interrupted(upstream))
 
     def _forward(self, chunk: StreamChunk) -> bytes:
         if chunk.usage_only and not self.request.include_usage:
