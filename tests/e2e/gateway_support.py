@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import uvicorn
 
 from somaagent.entrypoints.gateway import create_app
+from somaagent.entrypoints.http_protocol import GatewayHttpProtocol
 from somaagent.settings import Settings, load_settings
 
 
@@ -34,7 +35,13 @@ def running_gateway(env: dict[str, str], *, worker: bool = False) -> Iterator[Se
         }
     )
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        http=GatewayHttpProtocol,  # as the gateway's entrypoint serves
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"gateway-{port}", daemon=True)

@@ -155,6 +155,7 @@ def test_client_disconnect_is_recorded_as_an_interrupt(
     assert wait_until(lambda: len(events_for(worker, "conversation_metrics", session)) == 1)
     conv = events_for(worker, "conversation_metrics", session)[0]
     assert conv["interrupt_count"] == 1 and conv["status"] == "interrupted"
+    assert wait_until(lambda: len(events_for(worker, "slm_metrics", session)) == 1)
     call = events_for(worker, "slm_metrics", session)[0]
     assert call["status"] == "interrupted"
     assert 0 < int(call["output_tokens"]) < 200  # type: ignore[call-overload]

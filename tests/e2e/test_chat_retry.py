@@ -119,6 +119,8 @@ def test_a_client_that_leaves_during_the_back_off_ends_the_retries(
     assert wait_until(lambda: len(events_for(worker, "conversation_metrics", session)) == 1)
     conv = events_for(worker, "conversation_metrics", session)[0]
     assert conv["status"] == "interrupted" and conv["interrupt_count"] == 1
+    # Each topic has its own batches: the call's event may land after the turn's.
+    assert wait_until(lambda: len(events_for(worker, "slm_metrics", session)) == 1)
     rows = events_for(worker, "slm_metrics", session)
     assert [(r["status"], r["error_code"]) for r in rows] == [("error", "upstream_connect")]
     tree = json.loads(str(rows[0]["decision_tree"]))

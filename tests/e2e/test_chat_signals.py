@@ -171,6 +171,7 @@ def test_a_client_that_leaves_while_the_head_is_held_cancels_the_upstream(
     assert wait_until(lambda: len(events_for(worker, "conversation_metrics", session)) == 1)
     conv = events_for(worker, "conversation_metrics", session)[0]
     assert conv["interrupt_count"] == 1 and conv["status"] == "interrupted"
+    assert wait_until(lambda: len(events_for(worker, "slm_metrics", session)) == 1)
     call = events_for(worker, "slm_metrics", session)[0]
     assert call["status"] == "interrupted" and call["streamed"]
     produced = int(call["output_tokens"])  # type: ignore[call-overload]

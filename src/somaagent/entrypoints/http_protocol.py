@@ -13,11 +13,13 @@ first, ``abort`` discards it with the connection.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["GatewayHttpProtocol", "JoinedHeadTransport"]
+__all__ = ["GatewayHttpProtocol", "JoinedHeadTransport", "on_disconnect"]
 
 
 def _is_head(data: bytes) -> bool:
@@ -69,10 +71,46 @@ class JoinedHeadTransport:
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
-    """``HttpToolsProtocol`` writing through a :class:`JoinedHeadTransport`."""
+    """``HttpToolsProtocol`` writing through a :class:`JoinedHeadTransport`, and telling a
+    request's handler when its client leaves (:func:`on_disconnect`)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
         # Flow control keeps the real transport (pause/resume reading); every write and
         # close of the request cycles goes through the joining one.
         self.transport = JoinedHeadTransport(self.transport, self.loop)  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        super().connection_lost(exc)
+        if cycle is not None and cycle.disconnected:
+            hook = getattr(cycle, _HOOK, None)
+            if hook is not None:
+                setattr(cycle, _HOOK, None)
+                hook()
+
+
+_HOOK = "soma_on_disconnect"
+
+
+def on_disconnect(receive: Any, callback: Callable[[], None]) -> Callable[[], None] | None:
+    """Have ``callback`` called (once, from the event loop) when the client of the request
+    whose ASGI ``receive`` this is leaves before its response is complete: at once if it
+    already has. Returns the function that stops the watch; None when the request is not
+    served by :class:`GatewayHttpProtocol` (then watch ``receive`` for ``http.disconnect``).
+
+    No task per request: the protocol's ``connection_lost`` calls the hook it finds on
+    the request's cycle (uvicorn's ``RequestResponseCycle``, whose ``receive`` this is).
+    """
+    cycle = getattr(receive, "__self__", None)
+    if cycle is None or not isinstance(getattr(cycle, "transport", None), JoinedHeadTransport):
+        return None
+    if cycle.disconnected:
+        callback()
+        return _nothing
+    setattr(cycle, _HOOK, callback)
+    return partial(setattr, cycle, _HOOK, None)
+
+
+def _nothing() -> None:
+    return None

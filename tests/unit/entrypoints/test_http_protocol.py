@@ -12,9 +12,15 @@ import struct
 from collections.abc import Awaitable, Callable
 
 import pytest
+import uvicorn
 import uvloop
+from uvicorn.server import ServerState
 
-from somaagent.entrypoints.http_protocol import JoinedHeadTransport
+from somaagent.entrypoints.http_protocol import (
+    GatewayHttpProtocol,
+    JoinedHeadTransport,
+    on_disconnect,
+)
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n"
 BODY = b'{"ok":true}'
@@ -157,3 +163,69 @@ def test_a_body_that_looks_like_a_head_is_still_sent_in_order(
         assert await asyncio.wait_for(reader.readexactly(len(want)), 2) == want
 
     run(scenario, loop_factory)
+
+
+def _serve_watching(events: list[str]) -> Callable[..., Awaitable[None]]:
+    """An ASGI app whose request waits for its client, watched by ``on_disconnect``."""
+
+    async def app(scope: dict[str, object], receive: Callable[..., object], send: object) -> None:
+        if scope["type"] != "http":
+            return
+        left = asyncio.Event()
+        stop = on_disconnect(receive, lambda: (events.append("left"), left.set()))
+        assert stop is not None
+        events.append("watching")
+        await asyncio.wait_for(left.wait(), 5)
+
+    return app
+
+
+@pytest.mark.parametrize("loop_factory", LOOPS)
+def test_the_protocol_tells_the_handler_when_its_client_leaves(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    events: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        config = uvicorn.Config(_serve_watching(events), log_level="warning", lifespan="off")
+        config.load()
+        state = ServerState()
+        server = await loop.create_server(
+            lambda: GatewayHttpProtocol(config=config, server_state=state, app_state={}),
+            "127.0.0.1",
+            0,
+        )
+        port = server.sockets[0].getsockname()[1]
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+            for _ in range(100):
+                if events:
+                    break
+                await asyncio.sleep(0.01)
+            assert events == ["watching"]
+            writer.close()
+            for _ in range(100):
+                if len(events) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert events == ["watching", "left"]
+            for task in state.tasks:
+                await task  # the handler ended as its client left
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    loop = loop_factory()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def test_other_servers_requests_are_not_watched() -> None:
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    assert on_disconnect(receive, lambda: None) is None
