@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import uvicorn
 
@@ -55,3 +57,17 @@ def running_gateway(env: dict[str, str], *, worker: bool = False) -> Iterator[Se
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def open_chat(port: int, body: dict[str, Any], session: str) -> socket.socket:
+    """Send a chat completion on a raw socket and return it unread: an HTTP client would
+    wait for the response's head before it let the test close the connection."""
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\n"
+        b"content-type: application/json\r\n"
+        + f"x-soma-session-id: {session}\r\ncontent-length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    return sock

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 
@@ -69,6 +70,8 @@ def test_non_streaming_and_streaming_record_the_same_tokens(
         assert raw.headers["x-soma-tier"] == "primary"
         assert raw.headers["x-soma-escalated"] == "false"
         assert float(raw.headers["x-soma-cost"]) > 0
+        request_id = raw.headers["x-request-id"]  # the SDK's ``_request_id``: the events' span
+        assert re.fullmatch(r"req_[0-9a-f]{16}", request_id) and reply._request_id == request_id
         chunks = list(
             sdk.chat.completions.create(  # type: ignore[call-overload]
                 stream=True, stream_options={"include_usage": True}, **kwargs
@@ -83,8 +86,11 @@ def test_non_streaming_and_streaming_record_the_same_tokens(
             reply.usage.prompt_tokens,
             reply.usage.completion_tokens,
         )
-        plain = list(sdk.chat.completions.create(stream=True, **kwargs))  # type: ignore[call-overload]
+        with sdk.chat.completions.with_streaming_response.create(stream=True, **kwargs) as live:  # type: ignore[call-overload]
+            plain = list(live.parse())
+            streamed_id = live.headers["x-request-id"]
         assert all(c.usage is None for c in plain)
+        assert streamed_id.startswith("req_") and streamed_id != request_id
 
     assert wait_until(lambda: len(events_for(worker, "slm_metrics", session)) == 3)
     rows = events_for(worker, "slm_metrics", session)
@@ -92,6 +98,8 @@ def test_non_streaming_and_streaming_record_the_same_tokens(
         (reply.usage.prompt_tokens, reply.usage.completion_tokens)
     }
     assert [r["streamed"] for r in rows] == [False, True, True]
+    assert rows[0]["span_id"] == request_id.removeprefix("req_")
+    assert rows[2]["span_id"] == streamed_id.removeprefix("req_")
     for r in rows:
         tree = json.loads(str(r["decision_tree"]))
         assert tree["attempts"][0]["status"] == "ok"

@@ -9,7 +9,6 @@ candidate (escalation and the SLM tier off), only the retries can answer the req
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import uuid
@@ -23,7 +22,7 @@ from somaagent.bootstrap import Container
 from somaagent.domain.routing import default_catalog_text
 from somaagent.stack import Supervisor
 from tests.conftest import fresh_state, make_settings
-from tests.e2e.gateway_support import free_port, running_gateway
+from tests.e2e.gateway_support import free_port, open_chat, running_gateway
 from tests.e2e.test_chat_gateway import client, events_for
 from tests.integration.telemetry_support import wait_until
 
@@ -104,17 +103,9 @@ def test_a_client_that_leaves_during_the_back_off_ends_the_retries(
         "SOMA_UPSTREAM_RETRIES": "3",
         "SOMA_UPSTREAM_RETRY_BACKOFF_MS": "2000",
     }
-    payload = json.dumps(
-        {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8, "stream": True}
-    ).encode()
+    body = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8, "stream": True}
     with running_gateway({**env, **dead}) as gw:
-        with socket.create_connection(("127.0.0.1", gw.gateway_port), timeout=10) as sock:
-            sock.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\n"
-                b"content-type: application/json\r\n"
-                + f"x-soma-session-id: {session}\r\ncontent-length: {len(payload)}\r\n\r\n".encode()
-                + payload
-            )
+        with open_chat(gw.gateway_port, body, session):
             time.sleep(0.5)  # the first try was refused; the first back-off runs
     assert wait_until(lambda: len(events_for(worker, "conversation_metrics", session)) == 1)
     conv = events_for(worker, "conversation_metrics", session)[0]

@@ -10,7 +10,6 @@ recorded, not what the bigger model says.
 from __future__ import annotations
 
 import json
-import socket
 import time
 import uuid
 from typing import Any
@@ -22,7 +21,7 @@ from openai import OpenAI
 from somaagent.adapters.api_keys import ApiKeyStore
 from somaagent.bootstrap import Container
 from somaagent.settings import Settings
-from tests.e2e.gateway_support import free_port, running_gateway
+from tests.e2e.gateway_support import free_port, open_chat, running_gateway
 from tests.e2e.test_chat_gateway import client, events_for
 from tests.integration.telemetry_support import wait_until
 
@@ -150,16 +149,8 @@ def test_a_client_that_leaves_while_the_head_is_held_cancels_the_upstream(
         "ignore_eos": True,
         "stream": True,
     }
-    payload = json.dumps(body).encode()
     with running_gateway({**env, "ESCALATION_ENABLED": "true"}) as gw:
-        # A raw socket: an HTTP client would wait for the response's head before it let go.
-        with socket.create_connection(("127.0.0.1", gw.gateway_port), timeout=10) as sock:
-            sock.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\n"
-                b"content-type: application/json\r\n"
-                + f"x-soma-session-id: {session}\r\ncontent-length: {len(payload)}\r\n\r\n".encode()
-                + payload
-            )
+        with open_chat(gw.gateway_port, body, session) as sock:
             assert wait_until(lambda: _processing(stack) >= 1, timeout_s=10)
             time.sleep(1.0)
             sock.settimeout(0)

@@ -109,6 +109,7 @@ def test_require_approval_then_the_approved_request_runs_once(
         assert error["code"] == "approval_required"
         approval_id = error["approval_id"]
         assert first.headers["x-soma-approval-id"] == approval_id
+        assert first.headers["x-request-id"].startswith("req_")  # refused after routing
         url = gateway_url(gw) + f"/v1/approvals/{approval_id}"
         polled = httpx.get(url, headers={"Authorization": f"Bearer {user}"}, timeout=30)
         assert polled.json()["status"] == "pending"

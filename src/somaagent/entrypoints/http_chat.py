@@ -154,6 +154,7 @@ async def chat_completions(request: Request) -> Response:
     container = request.app.state.container
     settings = container.settings
     service = container.chat
+    request_id: str | None = None  # once the request has its span: the events' span_id
     try:
         incoming = request_headers(request)
         caller = await authenticate(request, incoming)
@@ -183,6 +184,7 @@ async def chat_completions(request: Request) -> Response:
         ):
             if trace_ctx is not ctx.trace:  # a span of our own: its ids go into the events
                 ctx = dataclasses.replace(ctx, trace=trace_ctx)
+            request_id = "req_" + ctx.trace.span_id
             with bind_log_context(
                 tenant=caller.tenant,
                 persona=caller.persona,
@@ -193,13 +195,17 @@ async def chat_completions(request: Request) -> Response:
                 if chat.stream:
                     opening = open_stream(service, chat, caller, ctx, received, approval_id)
                     headers, body = await open_watched(opening, request.receive)
+                    headers["x-request-id"] = request_id
                     return EventStream(body, headers)
                 outcome = await service.complete(chat, caller, ctx, received, approval_id)
+                outcome.headers["x-request-id"] = request_id
                 return FastJSONResponse(outcome.body, headers=outcome.headers)
     except IdentityError as exc:
         kind = "authentication_error" if exc.status == 401 else "invalid_request_error"
         return openai_error(exc.status, str(exc), kind=kind)
     except RequestError as exc:
+        if request_id is not None:  # refused after routing: its events carry the id
+            exc.headers["x-request-id"] = request_id
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
     except KeyStoreUnavailable as exc:
         return openai_error(503, f"cannot check the API key right now: {exc}", kind="server_error")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import pytest
 import uvicorn
@@ -62,9 +63,15 @@ def run(scenario: Scenario, loop_factory: Callable[[], asyncio.AbstractEventLoop
             server.close()
             await server.wait_closed()
 
+    run_on(loop_factory, main())
+
+
+def run_on(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop], main: Coroutine[Any, Any, None]
+) -> None:
     loop = loop_factory()
     try:
-        loop.run_until_complete(main())
+        loop.run_until_complete(main)
     finally:
         loop.close()
 
@@ -217,11 +224,7 @@ def test_the_protocol_tells_the_handler_when_its_client_leaves(
             server.close()
             await server.wait_closed()
 
-    loop = loop_factory()
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()
+    run_on(loop_factory, main())
 
 
 def test_other_servers_requests_are_not_watched() -> None:
