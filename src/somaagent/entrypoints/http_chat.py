@@ -240,17 +240,15 @@ async def open_watched(
     if stop is None:
         return await open_unless_gone(opening, receive)
     try:
-        opened = await opening
+        return await opening
     except asyncio.CancelledError:
         if not left:
             raise
-        task.uncancel()
         raise ClientDisconnect() from None
     finally:
         stop()
-    if left:  # the opening swallowed the cancel: the response's own watch sees the loss
-        task.uncancel()
-    return opened
+        if left:  # our cancel, delivered (or swallowed by the opening): not the task's own
+            task.uncancel()
 
 
 async def open_unless_gone(

@@ -156,9 +156,10 @@ def _cut_short(
     adm: Admission | None,
 ) -> None:
     """The opening was cancelled (the client left before the answer started: a long
-    prompt's prefill, or a head held back while it could be a signal). Close the upstream
-    request in flight and account for everything so far, in a task of its own: the attempt
-    in flight as ``interrupted`` with the tokens it produced, the turn as interrupted."""
+    prompt's prefill, a retry's back-off, a head held back while it could be a signal).
+    Close the upstream request in flight and account for everything so far, in a task of
+    its own: the attempt in flight as ``interrupted`` with the tokens it produced, the
+    attempts that failed before it, the turn as interrupted."""
     if current is not None:
         if current.attempt is not None:
             current.attempt["status"] = "interrupted"
