@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime
 
+import httpx
 import pytest
 import yaml
 
@@ -110,6 +111,7 @@ def test_a_client_that_leaves_during_the_back_off_ends_the_retries(
     assert wait_until(lambda: len(events_for(worker, "conversation_metrics", session)) == 1)
     conv = events_for(worker, "conversation_metrics", session)[0]
     assert conv["status"] == "interrupted" and conv["interrupt_count"] == 1
+    assert conv["requeue_count"] == 1  # the refused try, which was to be tried again
     # Each topic has its own batches: the call's event may land after the turn's.
     assert wait_until(lambda: len(events_for(worker, "slm_metrics", session)) == 1)
     rows = events_for(worker, "slm_metrics", session)
@@ -123,3 +125,31 @@ def test_a_client_that_leaves_during_the_back_off_ends_the_retries(
 
 def _at(value: object) -> datetime:
     return datetime.fromisoformat(str(value))
+
+
+def test_a_non_streamed_call_whose_client_left_is_not_tried_again(
+    pipeline: tuple[Container, dict[str, str]],
+) -> None:
+    """The same dead primary, the call not streamed: its client gives up after half a
+    second. The back-off under way runs out, but no further try is made for nobody (three
+    were allowed), and the turn is recorded as interrupted, with the one refused try."""
+    worker, env = pipeline
+    session = f"retry-gone-{uuid.uuid4().hex[:8]}"
+    dead = {
+        "SOMA_PRIMARY_MODEL_URL": f"http://127.0.0.1:{free_port()}/v1",  # nothing listens
+        "SOMA_UPSTREAM_RETRIES": "3",
+        "SOMA_UPSTREAM_RETRY_BACKOFF_MS": "2000",
+    }
+    body = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8}
+    with running_gateway({**env, **dead}) as gw:
+        url = f"http://127.0.0.1:{gw.gateway_port}/v1/chat/completions"
+        with pytest.raises(httpx.ReadTimeout):  # the client's own timeout closes the connection
+            httpx.post(url, json=body, headers={"X-Soma-Session-Id": session}, timeout=0.5)
+        assert wait_until(lambda: len(events_for(worker, "conversation_metrics", session)) == 1)
+    conv = events_for(worker, "conversation_metrics", session)[0]
+    assert conv["status"] == "interrupted" and conv["interrupt_count"] == 1
+    assert conv["requeue_count"] == 1
+    # The turn's event left with its calls' events (one publish): they are all there.
+    assert wait_until(lambda: len(events_for(worker, "slm_metrics", session)) >= 1)
+    rows = events_for(worker, "slm_metrics", session)
+    assert [(r["status"], r["error_code"]) for r in rows] == [("error", "upstream_connect")]

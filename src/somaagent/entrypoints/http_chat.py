@@ -25,9 +25,9 @@ from somaagent.domain.identity import (
     build_request_context,
 )
 from somaagent.domain.routing import ModelEntry
-from somaagent.entrypoints.http_protocol import on_disconnect
+from somaagent.entrypoints.http_protocol import client_gone, on_disconnect
 from somaagent.observability.logging import bind_log_context
-from somaagent.service.chat import ChatService
+from somaagent.service.chat import ChatService, ClientGone
 from somaagent.service.chat_stream import StreamBody, open_stream
 
 __all__ = [
@@ -197,7 +197,8 @@ async def chat_completions(request: Request) -> Response:
                     headers, body = await open_watched(opening, request.receive)
                     headers["x-request-id"] = request_id
                     return EventStream(body, headers)
-                outcome = await service.complete(chat, caller, ctx, received, approval_id)
+                gone = client_gone(request.receive)
+                outcome = await service.complete(chat, caller, ctx, received, approval_id, gone)
                 outcome.headers["x-request-id"] = request_id
                 return FastJSONResponse(outcome.body, headers=outcome.headers)
     except IdentityError as exc:
@@ -209,7 +210,7 @@ async def chat_completions(request: Request) -> Response:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
     except KeyStoreUnavailable as exc:
         return openai_error(503, f"cannot check the API key right now: {exc}", kind="server_error")
-    except ClientDisconnect:  # nobody is left to answer (nothing is sent)
+    except (ClientDisconnect, ClientGone):  # nobody is left to answer (nothing is sent)
         return Response(status_code=499)
     except Exception:  # a bug must not become a traceback on the wire
         log.exception("chat completion failed")

@@ -19,7 +19,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["GatewayHttpProtocol", "JoinedHeadTransport", "on_disconnect"]
+__all__ = ["GatewayHttpProtocol", "JoinedHeadTransport", "client_gone", "on_disconnect"]
 
 
 def _is_head(data: bytes) -> bool:
@@ -114,3 +114,13 @@ def on_disconnect(receive: Any, callback: Callable[[], None]) -> Callable[[], No
 
 def _nothing() -> None:
     return None
+
+
+def client_gone(receive: Any) -> Callable[[], bool] | None:
+    """A check, without waiting, of whether the client of the request whose ASGI
+    ``receive`` this is has left (uvicorn's request cycles keep a ``disconnected`` flag);
+    None when the server does not say."""
+    cycle = getattr(receive, "__self__", None)
+    if not isinstance(getattr(cycle, "disconnected", None), bool):
+        return None
+    return partial(getattr, cycle, "disconnected")

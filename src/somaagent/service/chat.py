@@ -56,7 +56,14 @@ from somaagent.service.call_records import (
 )
 from somaagent.service.escalation_notice import escalation_notice
 
-__all__ = ["ChatOutcome", "ChatService", "Upstream", "route_headers", "upstream_signal"]
+__all__ = [
+    "ChatOutcome",
+    "ChatService",
+    "ClientGone",
+    "Upstream",
+    "route_headers",
+    "upstream_signal",
+]
 
 log = logging.getLogger("somaagent.chat")
 
@@ -73,6 +80,10 @@ class Upstream:
     client: UpstreamClient
     counter: UsageCounter
     breaker: CircuitBreaker
+
+
+class ClientGone(Exception):
+    """The client left before its answer: the call ended without a further attempt."""
 
 
 @dataclass
@@ -252,7 +263,9 @@ class ChatService:
                 request=request,
                 model_id=last.entry.model_id if last else "",
                 streaming_duration_ms=streaming_ms,
-                requeues=sum(1 for r in records if r.status != "ok") - int(interrupted),
+                # Failed attempts other than the one cut short (if one was: a turn may
+                # also end between attempts, in a retry's back-off).
+                requeues=sum(1 for r in records if r.status not in ("ok", "interrupted")),
                 interrupted=interrupted,
                 failed=last is None or last.status == "error",
                 producer=self.producer,
@@ -274,11 +287,16 @@ class ChatService:
         ctx: RequestContext,
         received: float,
         approval_id: str | None = None,
+        gone: Callable[[], bool] | None = None,
     ) -> ChatOutcome:
+        """Answer a non-streamed call. ``gone`` says whether the client has left: then no
+        further attempt (retry, fallback, escalation) is made for it (``ClientGone``)."""
         decision = self.route(request, caller)
         adm, candidates = await self.admit(request, caller, ctx, decision, approval_id)
         try:
-            return await self._complete(request, caller, ctx, received, decision, adm, candidates)
+            return await self._complete(
+                request, caller, ctx, received, decision, adm, candidates, gone
+            )
         finally:
             await self.finish(adm)
 
@@ -298,6 +316,7 @@ class ChatService:
         decision: Decision,
         adm: Admission | None,
         candidates: list[ModelEntry],
+        gone: Callable[[], bool] | None = None,
     ) -> ChatOutcome:
         tree, attempts = self.new_tree(decision, adm)
         records: list[CallRecord] = []
@@ -305,6 +324,8 @@ class ChatService:
         deferred: tuple[dict[str, Any], Usage, CallRecord] | None = None
         failures: dict[str, int] = {}
         while candidates:
+            if attempts and gone is not None and gone():  # nobody waits for another try
+                self.left(records, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm)
             entry = candidates.pop(0)
             up = self.upstreams[entry.model_id]
             if not await self.may_try(adm, entry, attempts):
@@ -473,6 +494,23 @@ class ChatService:
         self.all_failed(
             records, attempts, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm
         )
+
+    def left(
+        self,
+        records: list[CallRecord],
+        *,
+        caller: Caller,
+        ctx: RequestContext,
+        request: ChatRequest,
+        tree: dict[str, Any],
+        adm: Admission | None = None,
+    ) -> NoReturn:
+        """The client left between attempts: account for those made, the turn as
+        interrupted, and end the call (``ClientGone``)."""
+        self.account(
+            records, caller=caller, ctx=ctx, request=request, tree=tree, interrupted=True, adm=adm
+        )
+        raise ClientGone()
 
     def all_failed(
         self,

@@ -20,6 +20,7 @@ from uvicorn.server import ServerState
 from somaagent.entrypoints.http_protocol import (
     GatewayHttpProtocol,
     JoinedHeadTransport,
+    client_gone,
     on_disconnect,
 )
 
@@ -179,10 +180,12 @@ def _serve_watching(events: list[str]) -> Callable[..., Awaitable[None]]:
         if scope["type"] != "http":
             return
         left = asyncio.Event()
+        gone = client_gone(receive)
         stop = on_disconnect(receive, lambda: (events.append("left"), left.set()))
-        assert stop is not None
-        events.append("watching")
+        assert gone is not None and stop is not None
+        events.append(f"watching, gone={gone()}")
         await asyncio.wait_for(left.wait(), 5)
+        events.append(f"gone={gone()}")  # (the handler's own errors would only be logged)
 
     return app
 
@@ -211,13 +214,13 @@ def test_the_protocol_tells_the_handler_when_its_client_leaves(
                 if events:
                     break
                 await asyncio.sleep(0.01)
-            assert events == ["watching"]
+            assert events == ["watching, gone=False"]
             writer.close()
             for _ in range(100):
-                if len(events) == 2:
+                if len(events) == 3:
                     break
                 await asyncio.sleep(0.01)
-            assert events == ["watching", "left"]
+            assert events == ["watching, gone=False", "left", "gone=True"]
             for task in state.tasks:
                 await task  # the handler ended as its client left
         finally:
@@ -232,3 +235,4 @@ def test_other_servers_requests_are_not_watched() -> None:
         return {"type": "http.disconnect"}
 
     assert on_disconnect(receive, lambda: None) is None
+    assert client_gone(receive) is None
