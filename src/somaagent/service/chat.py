@@ -290,7 +290,8 @@ class ChatService:
         gone: Callable[[], bool] | None = None,
     ) -> ChatOutcome:
         """Answer a non-streamed call. ``gone`` says whether the client has left: then no
-        further attempt (retry, fallback, escalation) is made for it (``ClientGone``)."""
+        further attempt (the first, a retry, a fallback, the escalation) is made for it
+        (``ClientGone``)."""
         decision = self.route(request, caller)
         adm, candidates = await self.admit(request, caller, ctx, decision, approval_id)
         try:
@@ -324,7 +325,7 @@ class ChatService:
         deferred: tuple[dict[str, Any], Usage, CallRecord] | None = None
         failures: dict[str, int] = {}
         while candidates:
-            if attempts and gone is not None and gone():  # nobody waits for another try
+            if gone is not None and gone():  # nobody waits for this answer any more
                 self.left(records, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm)
             entry = candidates.pop(0)
             up = self.upstreams[entry.model_id]
@@ -505,8 +506,8 @@ class ChatService:
         tree: dict[str, Any],
         adm: Admission | None = None,
     ) -> NoReturn:
-        """The client left between attempts: account for those made, the turn as
-        interrupted, and end the call (``ClientGone``)."""
+        """The client left before an attempt: account for those made (if any), the turn
+        as interrupted, and end the call (``ClientGone``)."""
         self.account(
             records, caller=caller, ctx=ctx, request=request, tree=tree, interrupted=True, adm=adm
         )
