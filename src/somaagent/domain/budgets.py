@@ -591,20 +591,6 @@ class BudgetState:
                     tightest = ratio
         return 1.0 if tightest is None else tightest
 
-    def describe_remaining(self, minus_usd: Decimal = Decimal(0)) -> str:
-        """``<budget_id> <window> <key>: tokens=N usd=D gpu_hours=D`` for a response header
-        (limited dimensions only; ``minus_usd`` is spend not yet in the counter)."""
-        left = self.remaining
-        parts = [f"{self.budget.budget_id} {self.budget.window} {self.window.key}:"]
-        if left.tokens is not None:
-            parts.append(f"tokens={left.tokens}")
-        if left.usd_nano is not None:
-            usd = max(Decimal(0), nano_to_usd(left.usd_nano) - minus_usd)
-            parts.append(f"usd={usd:f}")
-        if left.gpu_us is not None:
-            parts.append(f"gpu_hours={us_to_gpu_hours(left.gpu_us):f}")
-        return " ".join(parts)
-
     def policy_doc(self) -> dict[str, object]:
         """This budget as an entry of the policy input's ``budgets`` (integer units)."""
         b = self.budget

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from somaagent.domain.budget_header import tightest_remaining
 from somaagent.domain.budgets import (
     MAX_AMOUNT,
     Amounts,
@@ -393,7 +394,7 @@ def test_state_remaining_is_floored_and_the_ratio_is_the_tightest() -> None:
     assert s.remaining_ratio() == pytest.approx(0.05)
     over = state(Amounts(1200, 0, 0), Amounts(0, 0, 0), limit_tokens=1000)
     assert over.remaining.tokens == 0 and over.remaining_ratio() < 0
-    text = s.describe_remaining(minus_usd=Decimal("0.25"))
+    text = tightest_remaining([s], Amounts(0, 250_000_000, 0))  # 0.25 USD not yet counted
     assert text == "0123456789abcdef daily 2026-11-22: tokens=50 usd=4.750000000"
 
 
