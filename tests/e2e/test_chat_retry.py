@@ -91,6 +91,15 @@ def test_an_upstream_that_comes_up_late_answers_through_retries(
     assert int(conv["requeue_count"]) == len(failed)  # type: ignore[call-overload]
 
 
+def dead_primary() -> dict[str, str]:
+    """The only primary at a port where nothing listens, tried 3 more times 2 s apart."""
+    return {
+        "SOMA_PRIMARY_MODEL_URL": f"http://127.0.0.1:{free_port()}/v1",
+        "SOMA_UPSTREAM_RETRIES": "3",
+        "SOMA_UPSTREAM_RETRY_BACKOFF_MS": "2000",
+    }
+
+
 def test_a_client_that_leaves_during_the_back_off_ends_the_retries(
     pipeline: tuple[Container, dict[str, str]],
 ) -> None:
@@ -99,11 +108,7 @@ def test_a_client_that_leaves_during_the_back_off_ends_the_retries(
     interrupted at once, with the one failed try (not, seconds later, as failed)."""
     worker, env = pipeline
     session = f"retry-cut-{uuid.uuid4().hex[:8]}"
-    dead = {
-        "SOMA_PRIMARY_MODEL_URL": f"http://127.0.0.1:{free_port()}/v1",  # nothing listens
-        "SOMA_UPSTREAM_RETRIES": "3",
-        "SOMA_UPSTREAM_RETRY_BACKOFF_MS": "2000",
-    }
+    dead = dead_primary()
     body = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8, "stream": True}
     with running_gateway({**env, **dead}) as gw:
         with open_chat(gw.gateway_port, body, session):
@@ -131,15 +136,12 @@ def test_a_non_streamed_call_whose_client_left_is_not_tried_again(
     pipeline: tuple[Container, dict[str, str]],
 ) -> None:
     """The same dead primary, the call not streamed: its client gives up after half a
-    second. The back-off under way runs out, but no further try is made for nobody (three
-    were allowed), and the turn is recorded as interrupted, with the one refused try."""
+    second. The back-off under way runs out, but no further try is made for a client that
+    has gone (three were allowed), and the turn is recorded as interrupted, with the one
+    refused try."""
     worker, env = pipeline
     session = f"retry-gone-{uuid.uuid4().hex[:8]}"
-    dead = {
-        "SOMA_PRIMARY_MODEL_URL": f"http://127.0.0.1:{free_port()}/v1",  # nothing listens
-        "SOMA_UPSTREAM_RETRIES": "3",
-        "SOMA_UPSTREAM_RETRY_BACKOFF_MS": "2000",
-    }
+    dead = dead_primary()
     body = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8}
     with running_gateway({**env, **dead}) as gw:
         url = f"http://127.0.0.1:{gw.gateway_port}/v1/chat/completions"
