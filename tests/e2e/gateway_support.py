@@ -59,15 +59,16 @@ def running_gateway(env: dict[str, str], *, worker: bool = False) -> Iterator[Se
         thread.join(timeout=30)
 
 
-def open_chat(port: int, body: dict[str, Any], session: str) -> socket.socket:
+def open_chat(port: int, body: dict[str, Any], session: str, key: str = "") -> socket.socket:
     """Send a chat completion on a raw socket and return it unread: an HTTP client would
     wait for the response's head before it let the test close the connection."""
     payload = json.dumps(body).encode()
+    auth = f"authorization: Bearer {key}\r\n" if key else ""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(
         b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\n"
         b"content-type: application/json\r\n"
-        + f"x-soma-session-id: {session}\r\ncontent-length: {len(payload)}\r\n\r\n".encode()
+        + f"{auth}x-soma-session-id: {session}\r\ncontent-length: {len(payload)}\r\n\r\n".encode()
         + payload
     )
     return sock

@@ -122,9 +122,9 @@ def test_when_no_escalation_model_answers_the_primarys_own_answer_is_relayed(
 DOTS = 900  # within a slot's context (4,096 over 4 slots), several seconds of decoding
 
 
-def _processing(stack: Settings) -> float:
+def _processing(stack: Settings, tier: str = "primary") -> float:
     """llama-server's own count of requests it is generating for (its ``/metrics``)."""
-    text = httpx.get(f"http://127.0.0.1:{stack.port('primary_model_port')}/metrics").text
+    text = httpx.get(f"http://127.0.0.1:{stack.port(f'{tier}_model_port')}/metrics").text
     for line in text.splitlines():
         if line.startswith("llamacpp:requests_processing"):
             return float(line.split()[-1])
@@ -173,3 +173,40 @@ def test_a_client_that_leaves_while_the_head_is_held_cancels_the_upstream(
     # produced its dots, the rest would have taken far longer than it took to stop.
     rate = produced / (float(call["latency_ms"]) / 1000)  # type: ignore[arg-type]
     assert stopped_s < (DOTS - produced) / rate
+
+
+def test_a_client_that_leaves_before_the_escalation_answers_is_accounted_for_both(
+    stack: Settings, pipeline: tuple[Container, dict[str, str]]
+) -> None:
+    """The primary answers ``defer``; the escalation model, given a long prompt, is still
+    reading it when the client leaves. The primary's answer is accounted (``fallback``),
+    the escalation's attempt as interrupted (its prompt counted), the turn as one
+    interrupt after one requeue."""
+    worker, env = pipeline
+    key = developer_key(stack)
+    session = f"defer-cut-{uuid.uuid4().hex[:8]}"
+    filler = " ".join(f"item {i} is on the list." for i in range(80))  # ~750 tokens
+    body = {
+        "model": "auto",
+        "messages": [{"role": "user", "content": f"{filler} Hello there."}],
+        "max_tokens": 8,
+        "temperature": 0,
+        "grammar": 'root ::= "defer"',
+        "stream": True,
+    }
+    with running_gateway({**env, "ESCALATION_ENABLED": "true"}) as gw:
+        with open_chat(gw.gateway_port, body, session, key) as _sock:
+            assert wait_until(lambda: _processing(stack, "escalation") >= 1, 20, 0.02)
+    assert wait_until(lambda: len(events_for(worker, "conversation_metrics", session)) == 1)
+    conv = events_for(worker, "conversation_metrics", session)[0]
+    assert conv["status"] == "interrupted" and conv["interrupt_count"] == 1
+    assert conv["requeue_count"] == 1
+    assert wait_until(lambda: len(events_for(worker, "escalation_metrics", session)) == 1)
+    escalated = events_for(worker, "escalation_metrics", session)[0]
+    assert escalated["outcome"] != "success" and escalated["decision_reason"] == "slm_defer"
+    assert int(escalated["input_tokens"]) > 500  # type: ignore[call-overload]
+    tree = json.loads(str(escalated["decision_tree"]))
+    assert tree["attempts"][-1] == {"model_id": ESCALATION, "status": "interrupted"}
+    assert wait_until(lambda: len(events_for(worker, "slm_metrics", session)) == 1)
+    primary = events_for(worker, "slm_metrics", session)[0]
+    assert primary["status"] == "fallback" and int(primary["output_tokens"]) > 0  # type: ignore[call-overload]
