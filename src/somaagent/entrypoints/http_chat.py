@@ -257,7 +257,8 @@ async def open_unless_gone(
 ) -> tuple[dict[str, str], StreamBody]:
     """:func:`open_watched` for any ASGI server: the opening runs in a task of its own
     while this one waits for ``http.disconnect`` (two tasks and an ``asyncio.wait`` a
-    stream, about 5% of a streamed call's CPU at c=16)."""
+    stream; streamed at c=16 it measured 814 against 849 req/s without it, within what
+    alternation on this host resolves)."""
     loop = asyncio.get_running_loop()
     task = loop.create_task(opening)
     watch = loop.create_task(_disconnected(receive))
