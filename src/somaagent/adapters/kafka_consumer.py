@@ -6,6 +6,10 @@ holds from that partition. If that batch ends at or after the committed offset, 
 stored but not committed (a crash in between): the first batch handed out for that
 partition is then cut at exactly the same end offset, so it is re-inserted with the same
 de-duplication token.
+
+A batch handed out stays the same until it is committed: a batch that failed (a sink down
+after ClickHouse took the rows) is handed out again with the same offsets, not grown by the
+messages that arrived meanwhile, so its retry carries the same de-duplication token.
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ class TelemetryConsumer:
         self._consumer: Consumer | None = None
         self._buffers: dict[tuple[str, int], list[RawMessage]] = {}
         self._caps: dict[tuple[str, int], int] = {}
+        self._pending: dict[tuple[str, int], int] = {}  # end of a batch handed out
         self._topic_ids: dict[str, str] = {}
         self._committed: dict[tuple[str, int], int] = {}
         self._next_lag_refresh = 0.0
@@ -107,6 +112,7 @@ class TelemetryConsumer:
         for tp in partitions:
             self._buffers.pop((tp.topic, tp.partition), None)
             self._caps.pop((tp.topic, tp.partition), None)
+            self._pending.pop((tp.topic, tp.partition), None)
             self._committed.pop((tp.topic, tp.partition), None)
 
     def start(self) -> None:
@@ -140,6 +146,7 @@ class TelemetryConsumer:
                 self._describe([topic])
                 self._committed.pop(key, None)
                 self._caps.pop(key, None)
+                self._pending.pop(key, None)
                 self._buffers[key] = []
             buf = self._buffers.setdefault(key, [])
             if buf and offset <= buf[-1].offset:
@@ -165,13 +172,20 @@ class TelemetryConsumer:
         for key, buf in self._buffers.items():
             if not buf:
                 continue
+            pending = self._pending.get(key)
+            if pending is not None:  # handed out before and not committed: the same again
+                out.append([m for m in buf if m.offset <= pending])
+                continue
             cap = self._caps.get(key)
             if cap is None:
-                out.append(list(buf))
+                batch = list(buf)
             elif buf[-1].offset >= cap:
-                out.append([m for m in buf if m.offset <= cap])
+                batch = [m for m in buf if m.offset <= cap]
                 self.stats.replayed_batches += 1
-            # else: wait until the whole batch stored before the crash is buffered again
+            else:
+                continue  # wait until the whole batch stored before the crash is buffered
+            self._pending[key] = batch[-1].offset
+            out.append(batch)
         return out
 
     def commit(self, batch: list[RawMessage]) -> None:
@@ -186,6 +200,7 @@ class TelemetryConsumer:
         self.stats.committed_batches += 1
         self._committed[key] = last.offset + 1
         self._caps.pop(key, None)
+        self._pending.pop(key, None)
         buf = self._buffers.get(key)
         if buf is not None:
             self._buffers[key] = [m for m in buf if m.offset > last.offset]
