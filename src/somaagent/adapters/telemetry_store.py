@@ -8,7 +8,7 @@ completes anything (e.g. a view's part) that was not.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from somaagent.adapters.clickhouse import ClickHouseDriver
@@ -18,7 +18,7 @@ from somaagent.adapters.clickhouse_schema import (
     Retention,
     render_schema,
 )
-from somaagent.service.ingest import StoredCoordinates
+from somaagent.service.ingest import Lookup, StoredCoordinates
 
 __all__ = ["ClickHouseTelemetryStore"]
 
@@ -33,6 +33,12 @@ _INSERT_SETTINGS: dict[str, Any] = {
 
 def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _timestamp(value: datetime) -> str:
+    """A ``DateTime64(6, 'UTC')`` literal for an aware datetime, to the microsecond."""
+    utc = value.astimezone(UTC).replace(tzinfo=None)
+    return f"toDateTime64('{utc.isoformat(sep=' ', timespec='microseconds')}', 6, 'UTC')"
 
 
 class ClickHouseTelemetryStore:
@@ -65,15 +71,26 @@ class ClickHouseTelemetryStore:
         settings = {**_INSERT_SETTINGS, "insert_deduplication_token": token}
         self.driver.insert_json_each_row(table, rows, settings)
 
-    def existing(self, table: str, event_ids: Iterable[str]) -> dict[str, StoredCoordinates]:
-        """Which of ``event_ids`` are stored in ``table`` already, and from where."""
-        ids = list(event_ids)
+    def existing(self, table: str, lookup: Lookup) -> dict[str, StoredCoordinates]:
+        """Which of the looked-for events are stored in ``table`` already, and from where.
+
+        Only the rows of the look-up's tenants and span of ``occurred_at`` are searched (the
+        sort key's first column and the monthly partitions), so the cost does not grow with
+        the table: the event-id bloom filter alone lets nearly every granule through when
+        thousands of ids are looked for at once.
+        """
+        ids = lookup.event_ids
+        window = (
+            f"tenant IN ({', '.join(_quote(t) for t in lookup.tenants)})"
+            f" AND occurred_at BETWEEN {_timestamp(lookup.earliest)}"
+            f" AND {_timestamp(lookup.latest)}"
+        )
         found: dict[str, StoredCoordinates] = {}
         for start in range(0, len(ids), 5000):
             chunk = ", ".join(_quote(i) for i in ids[start : start + 5000])
             rows = self.driver.query_json(
                 f"SELECT toString(event_id) AS id, _topic_id, _partition, _offset FROM {table}"
-                f" WHERE event_id IN ({chunk})"
+                f" WHERE {window} AND event_id IN ({chunk})"
             )
             for r in rows:
                 found[r["id"]] = StoredCoordinates(

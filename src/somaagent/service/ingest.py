@@ -8,7 +8,8 @@ the insert and the offset commit) stores nothing twice:
   and every row records ``_batch_end = last``, which tells a restarted worker the exact
   boundaries of a batch it may have stored but not committed;
 * an event already stored *from other coordinates* (a producer replayed it after an outage)
-  is dropped by its ``event_id``;
+  is dropped by its ``event_id``, looked up among its batch's tenants and span of
+  ``occurred_at`` only (see ``Lookup``);
 * session summaries apply each batch once (a ledger of batch keys in the same transaction);
   the events a retried batch keeps are the same as the first time, because the ``event_id``
   filter only drops events stored from *other* coordinates.
@@ -20,6 +21,7 @@ import base64
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 import msgspec
@@ -31,6 +33,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterSink",
     "Ingestor",
+    "Lookup",
     "RawMessage",
     "StoredCoordinates",
     "SummaryStore",
@@ -52,6 +55,27 @@ def json_row(value: bytes, extra: dict[str, Any]) -> bytes:
     """Append ``extra`` columns to a validated JSON object's bytes without re-encoding it."""
     tail = msgspec.json.encode(extra)
     return value.rstrip()[:-1] + b"," + tail[1:]
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """Events to look for in the store: their ids, tenants and span of ``occurred_at``.
+
+    A copy of an event (a producer's replay, a client's retry) has its id, its tenant and
+    its ``occurred_at``, so the store only searches the rows of those tenants in that span:
+    a look-up's cost stays the same however large the table grows.
+    """
+
+    event_ids: list[str]
+    tenants: list[str]
+    earliest: datetime
+    latest: datetime
+
+    @classmethod
+    def of(cls, events: Sequence[Event]) -> Lookup:
+        stamps = [datetime.fromisoformat(e.occurred_at) for e in events]
+        tenants = sorted({e.tenant for e in events})
+        return cls([e.event_id for e in events], tenants, min(stamps), max(stamps))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +103,7 @@ class TelemetryStore(Protocol):
 
     def insert(self, table: str, rows: bytes, *, token: str) -> None: ...
 
-    def existing(self, table: str, event_ids: Sequence[str]) -> dict[str, StoredCoordinates]: ...
+    def existing(self, table: str, lookup: Lookup) -> dict[str, StoredCoordinates]: ...
 
 
 class SummaryStore(Protocol):
@@ -168,7 +192,7 @@ class Ingestor:
         keep = accepted
         if accepted:
             table = self.store.table(accepted[0][0].event_type)
-            stored = self.store.existing(table, [e.event_id for e, _ in accepted])
+            stored = self.store.existing(table, Lookup.of([e for e, _ in accepted]))
             keep = [
                 (e, m)
                 for e, m in accepted
