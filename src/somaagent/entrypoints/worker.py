@@ -24,7 +24,7 @@ def run(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     configure_logging(settings.log_level, mode=settings.profile.value)
-    container = bootstrap(settings, publisher=True, worker=True)
+    container = bootstrap(settings, publisher=True, worker=True, worker_owns_process=True)
     if settings.worker_metrics_port is not None:
         start_http_server(
             settings.worker_metrics_port, addr=settings.bind_host, registry=container.registry

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -61,8 +62,13 @@ def run_worker(
     max_batch: int = 20_000,
     max_wait_s: float = 2.0,
     backoff_s: float = 1.0,
+    after_flush: Callable[[], object] | None = None,
 ) -> WorkerStats:
-    """Run until ``stop`` is set; return the statistics."""
+    """Run until ``stop`` is set; return the statistics.
+
+    ``after_flush`` runs after each round of batches, stored or not (the worker's own
+    process collects its garbage there; see ``bootstrap.WorkerRuntime``).
+    """
     stats = stats or WorkerStats()
     last_flush = time.monotonic()
     while not stop.is_set():
@@ -72,22 +78,37 @@ def run_worker(
         if not due:
             continue
         last_flush = time.monotonic()
-        for batch in source.ready_batches():
-            try:
-                result = ingestor.process(batch)
-                source.commit(batch)
-            except Exception as exc:  # noqa: BLE001 - keep the batch, retry after a pause
-                stats.failures += 1
-                stats.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-                log.warning(
-                    "batch %s[%s] %s-%s failed: %s",
-                    batch[0].topic,
-                    batch[0].partition,
-                    batch[0].offset,
-                    batch[-1].offset,
-                    stats.last_error,
-                )
-                stop.wait(backoff_s)
-                break
-            _record(stats, result)
+        try:
+            _flush(source, ingestor, stop, stats, backoff_s)
+        finally:
+            if after_flush is not None:
+                after_flush()
     return stats
+
+
+def _flush(
+    source: BatchSource,
+    ingestor: Ingestor,
+    stop: threading.Event,
+    stats: WorkerStats,
+    backoff_s: float,
+) -> None:
+    """Store and commit one batch per partition; on a failure, pause and stop this round."""
+    for batch in source.ready_batches():
+        try:
+            result = ingestor.process(batch)
+            source.commit(batch)
+        except Exception as exc:  # noqa: BLE001 - keep the batch, retry after a pause
+            stats.failures += 1
+            stats.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            log.warning(
+                "batch %s[%s] %s-%s failed: %s",
+                batch[0].topic,
+                batch[0].partition,
+                batch[0].offset,
+                batch[-1].offset,
+                stats.last_error,
+            )
+            stop.wait(backoff_s)
+            break
+        _record(stats, result)
