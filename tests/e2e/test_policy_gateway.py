@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import uuid
@@ -17,7 +18,7 @@ from somaagent.domain.worst_case import prompt_token_bound
 from somaagent.settings import Settings
 from tests.conftest import ROOT
 from tests.e2e.budget_support import create_budget, gateway_url, make_keys, new_tenant
-from tests.e2e.gateway_support import free_port, running_gateway
+from tests.e2e.gateway_support import free_port, open_chat, running_gateway
 from tests.e2e.test_chat_gateway import COMPLEX, events_for
 from tests.integration.telemetry_support import wait_until
 
@@ -285,3 +286,48 @@ def test_a_plain_allow_is_reused_until_its_conditions_stop_holding(
     assert float(second["policy_latency_ms"]) < float(first["policy_latency_ms"])
     assert third["verdict"] == "deny" and third["blocked"] is True
     assert not any("reused" in str(r) for r in third["reasons"])
+
+
+def _reserved_tokens(gw: Settings, key: str) -> int:
+    r = httpx.get(
+        gateway_url(gw) + "/v1/budget/summary",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    return int(r.json()["data"][0]["reserved"]["tokens"])
+
+
+def test_a_client_that_leaves_while_the_policy_is_asked_releases_its_hold(
+    stack: Settings, pipeline: tuple[Container, dict[str, str]]
+) -> None:
+    """A stream's admission holds the worst case on the budget, then asks the policy; the
+    client leaves while the (stopped) policy server keeps it waiting. The hold is released
+    at once, not kept until its deadline."""
+    _worker, env = pipeline
+    tenant = new_tenant("leave")
+    operator, user = make_keys(stack, tenant, ("ops", "admin"), ("support", "user"))
+    port = free_port()
+    gw_env = {
+        **env,
+        "SOMA_POLICY_MODE": "enforce",
+        "SOMA_POLICY_URL": f"http://127.0.0.1:{port}",
+        "SOMA_POLICY_TIMEOUT_S": "30",
+        "SOMA_BUDGET_ALLOTMENT_CALLS": "0",  # every hold is one Redis reservation
+    }
+    body = {
+        "model": "smollm2-135m-instruct",
+        "messages": [{"role": "user", "content": "Say hi."}],
+        "max_tokens": 8,
+        "stream": True,
+    }
+    with policy_server(port) as server, running_gateway(gw_env) as gw:
+        create_budget(gw, operator, window="daily", timezone="UTC", limit_tokens=100_000)
+        server.send_signal(signal.SIGSTOP)
+        try:
+            sock = open_chat(gw.port("gateway_port"), body, f"leave-{uuid.uuid4().hex[:8]}", user)
+            assert wait_until(lambda: _reserved_tokens(gw, user) > 0, timeout_s=10)
+            sock.close()
+            assert wait_until(lambda: _reserved_tokens(gw, user) == 0, timeout_s=5)
+        finally:
+            server.send_signal(signal.SIGCONT)

@@ -283,11 +283,11 @@ class Gatekeeper:
                 events=held,
                 time_limited=time_limited,
             )
-            if adm.budgeted:
-                # Reserve first: the script that holds the worst case returns the counters
-                # as it found them, which is exactly the state the policy would have read.
-                adm.states = list((await self.reserve_for(adm, first)).states)
             try:
+                if adm.budgeted:
+                    # Reserve first: the script that holds the worst case returns the counters
+                    # as it found them, which is exactly the state the policy would have read.
+                    adm.states = list((await self.reserve_for(adm, first)).states)
                 adm.verdict, event = await self._verdict(
                     request, caller, ctx, decision, units, models, adm.states, approval, prompt_hash
                 )
@@ -296,7 +296,9 @@ class Gatekeeper:
                     adm.verdict, decision, models, request, caller, ctx, prompt_hash, worst
                 )
                 fits = await self.begin(adm, adm.entry)
-            except Exception:  # a refusal, or the budgets unreachable: the verdicts still go out
+            except BaseException:
+                # A refusal, the budgets unreachable, or the client gone (the handler's task
+                # cancelled): the hold is released now and the verdicts still go out.
                 await self.abandon(adm)
                 self.emit(held)
                 raise
@@ -304,7 +306,7 @@ class Gatekeeper:
                 if approval is not None:
                     try:
                         await claim_approval(self.approvals, approval, caller, prompt_hash)
-                    except RequestError:
+                    except BaseException:  # refused, or the client gone meanwhile
                         await self.abandon(adm)
                         self.emit(held)
                         raise
