@@ -55,6 +55,32 @@ def fresh(event: Event, session_id: str, **changes: Any) -> Event:
     )
 
 
+def slm_events(session: str, n: int) -> list[Event]:
+    """``n`` fresh copies of the example ``slm.metrics`` event in ``session``."""
+    base = [e for e in examples() if e.event_type == "slm.metrics"][0]
+    return [fresh(base, session) for _ in range(n)]
+
+
+def publish_slm(container: Container, events: list[Event]) -> None:
+    """Publish ``slm.metrics`` events through the container's durable publisher."""
+    assert container.publisher is not None
+    topic = container.settings.topics.slm_metrics
+    container.publisher.publish_many(
+        [(topic, e.tenant.encode(), container.codec.encode(e)) for e in events]
+    )
+
+
+def stored_slm(container: Container) -> tuple[int, int]:
+    """Rows and distinct event ids in the container worker's ``slm_metrics``."""
+    assert container.worker is not None
+    store = container.worker.store
+    row = store.query(
+        f"SELECT count() AS n, uniqExact(event_id) AS u FROM {store.database}.slm_metrics"
+        " SETTINGS output_format_json_quote_64bit_integers=0"
+    )[0]
+    return int(row["n"]), int(row["u"])
+
+
 def fresh_examples(session_id: str) -> list[Event]:
     return [fresh(e, session_id) for e in examples()]
 

@@ -15,43 +15,22 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from somaagent.bootstrap import Container
-from somaagent.domain.events import Event
 from somaagent.settings import Settings
 from somaagent.stack import Supervisor
 from tests.conftest import private_stack
-from tests.integration.telemetry_support import fresh, running_worker, wait_until
-from tests.unit.domain._event_examples import examples
+from tests.integration.telemetry_support import (
+    publish_slm,
+    running_worker,
+    slm_events,
+    stored_slm,
+    wait_until,
+)
 
 
 @pytest.fixture()
 def database() -> Iterator[Supervisor]:
     with private_stack("outage-summaries", 27200, ["postgres"]) as supervisor:
         yield supervisor
-
-
-def _events(session: str, n: int) -> list[Event]:
-    base = [e for e in examples() if e.event_type == "slm.metrics"][0]
-    return [fresh(base, session) for _ in range(n)]
-
-
-def _publish(container: Container, events: list[Event]) -> None:
-    assert container.publisher is not None
-    topic = container.settings.topics.slm_metrics
-    container.publisher.publish_many(
-        [(topic, e.tenant.encode(), container.codec.encode(e)) for e in events]
-    )
-    container.publisher.flush(10)
-
-
-def _stored(container: Container) -> tuple[int, int]:
-    assert container.worker is not None
-    store = container.worker.store
-    row = store.query(
-        f"SELECT count() AS n, uniqExact(event_id) AS u FROM {store.database}.slm_metrics"
-        " SETTINGS output_format_json_quote_64bit_integers=0"
-    )[0]
-    return int(row["n"]), int(row["u"])
 
 
 def _calls(dsn: str, session: str) -> int:
@@ -70,23 +49,25 @@ def test_a_batch_retried_after_a_postgres_outage_is_stored_once(
     with running_worker(stack, SOMA_POSTGRES_PORT=pg_port) as container:
         assert container.worker is not None
         dsn = container.settings.secret("postgres_dsn")
-        _publish(container, _events(session, 20))
-        assert wait_until(lambda: _stored(container) == (20, 20), timeout_s=60)
+        publish_slm(container, slm_events(session, 20))
+        assert wait_until(lambda: stored_slm(container) == (20, 20), timeout_s=60)
         assert wait_until(lambda: _calls(dsn, session) == 20, timeout_s=30)
 
         database.down(only=["postgres"])
-        _publish(container, _events(session, 30))
+        publish_slm(container, slm_events(session, 30))
         # Inserted into ClickHouse, then refused by PostgreSQL: not committed.
-        assert wait_until(lambda: _stored(container) == (50, 50), timeout_s=60)
+        assert wait_until(lambda: stored_slm(container) == (50, 50), timeout_s=60)
         assert wait_until(
             lambda: container.worker is not None and container.worker.stats.failures > 0
         )
-        _publish(container, _events(session, 40))  # arrives while the batch is retried
+        publish_slm(container, slm_events(session, 40))  # arrives while the batch is retried
         time.sleep(2.5)  # at least one more retry, with the newer events buffered
 
         database.up(only=["postgres"])
         assert wait_until(lambda: _calls(dsn, session) == 90, timeout_s=90), _calls(dsn, session)
-        assert wait_until(lambda: _stored(container) == (90, 90), timeout_s=30), _stored(container)
+        assert wait_until(lambda: stored_slm(container) == (90, 90), timeout_s=30), stored_slm(
+            container
+        )
         time.sleep(2)  # nothing late, nothing doubled
-        assert _stored(container) == (90, 90)
+        assert stored_slm(container) == (90, 90)
         assert _calls(dsn, session) == 90

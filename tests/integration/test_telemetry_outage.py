@@ -9,42 +9,22 @@ from collections.abc import Iterator
 
 import pytest
 
-from somaagent.bootstrap import Container
-from somaagent.domain.events import Event
 from somaagent.settings import Settings
 from somaagent.stack import Supervisor
 from tests.conftest import private_stack
-from tests.integration.telemetry_support import fresh, running_worker, wait_until
-from tests.unit.domain._event_examples import examples
+from tests.integration.telemetry_support import (
+    publish_slm,
+    running_worker,
+    slm_events,
+    stored_slm,
+    wait_until,
+)
 
 
 @pytest.fixture()
 def broker() -> Iterator[Supervisor]:
     with private_stack("outage-pipeline", 27100, ["kafka"]) as supervisor:
         yield supervisor
-
-
-def _events(session: str, n: int) -> list[Event]:
-    base = [e for e in examples() if e.event_type == "slm.metrics"][0]
-    return [fresh(base, session) for _ in range(n)]
-
-
-def _publish(container: Container, events: list[Event]) -> None:
-    assert container.publisher is not None
-    topic = container.settings.topics.slm_metrics
-    container.publisher.publish_many(
-        [(topic, e.tenant.encode(), container.codec.encode(e)) for e in events]
-    )
-
-
-def _stored(container: Container) -> tuple[int, int]:
-    assert container.worker is not None
-    store = container.worker.store
-    row = store.query(
-        f"SELECT count() AS n, uniqExact(event_id) AS u FROM {store.database}.slm_metrics"
-        " SETTINGS output_format_json_quote_64bit_integers=0"
-    )[0]
-    return int(row["n"]), int(row["u"])
 
 
 def test_broker_outage_loses_nothing_and_duplicates_nothing(
@@ -56,23 +36,23 @@ def test_broker_outage_loses_nothing_and_duplicates_nothing(
         stack, SOMA_KAFKA_PORT=kafka_port, SOMA_PUBLISHER_MESSAGE_TIMEOUT_MS="2000"
     ) as container:
         assert container.publisher is not None
-        _publish(container, _events(session, 1000))
-        assert wait_until(lambda: _stored(container) == (1000, 1000), timeout_s=60)
+        publish_slm(container, slm_events(session, 1000))
+        assert wait_until(lambda: stored_slm(container) == (1000, 1000), timeout_s=60)
 
         broker.down(only=["kafka"])
         started = time.perf_counter()
-        _publish(container, _events(session, 1000))
+        publish_slm(container, slm_events(session, 1000))
         assert time.perf_counter() - started < 1.0  # spooled, not blocked
         assert wait_until(lambda: container.publisher is not None and container.publisher.degraded)
 
         broker.up(only=["kafka"])
-        assert wait_until(lambda: _stored(container) == (2000, 2000), timeout_s=120), _stored(
+        assert wait_until(lambda: stored_slm(container) == (2000, 2000), timeout_s=120), stored_slm(
             container
         )
-        _publish(container, _events(session, 500))
-        assert wait_until(lambda: _stored(container) == (2500, 2500), timeout_s=60)
+        publish_slm(container, slm_events(session, 500))
+        assert wait_until(lambda: stored_slm(container) == (2500, 2500), timeout_s=60)
         time.sleep(3)  # nothing late, nothing doubled
-        assert _stored(container) == (2500, 2500)
+        assert stored_slm(container) == (2500, 2500)
         assert container.publisher.stats.spooled >= 1000
         # The restarted (memory-only) broker re-created the topic under a new id, and the
         # rows stored after the restart say so: their tokens cannot collide with older ones.
