@@ -60,7 +60,7 @@ class ChdbDriver:
         # Inserts read their rows from this file (``FROM INFILE``): rows given inline in
         # the statement text cost chDB about 60% more per event row
         # (benchmarks/chdb_insert.py).
-        self._rows_file = path / "insert-rows.jsonl"
+        self._rows_file = path.resolve() / "insert-rows.jsonl"  # chDB reads it, by this name
 
     def _run(self, sql: str, fmt: str = "CSV", rows: bytes | None = None) -> Any:
         """Run ``sql``; ``rows`` are written to the rows file first (under the same lock)."""

@@ -27,6 +27,7 @@ release). GPU-priced calls get a deadline that keeps them inside their reserved 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -296,7 +297,7 @@ class Gatekeeper:
                     adm.verdict, decision, models, request, caller, ctx, prompt_hash, worst
                 )
                 fits = await self.begin(adm, adm.entry)
-            except BaseException:
+            except (Exception, asyncio.CancelledError):
                 # A refusal, the budgets unreachable, or the client gone (the handler's task
                 # cancelled): the hold is released now and the verdicts still go out.
                 await self.abandon(adm)
@@ -306,7 +307,7 @@ class Gatekeeper:
                 if approval is not None:
                     try:
                         await claim_approval(self.approvals, approval, caller, prompt_hash)
-                    except BaseException:  # refused, or the client gone meanwhile
+                    except (Exception, asyncio.CancelledError):  # refused, or the client gone
                         await self.abandon(adm)
                         self.emit(held)
                         raise
