@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -68,11 +69,11 @@ def _batch() -> list[Event]:
     ]
 
 
-def _median_ms(run: object, repeat: int = 5) -> float:
+def _median_ms(run: Callable[[], object], repeat: int = 5) -> float:
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
-        run()  # type: ignore[operator]
+        run()
         times.append(time.perf_counter() - started)
     return round(statistics.median(times) * 1000, 1)
 
