@@ -108,6 +108,13 @@ def health_checks(settings: Settings) -> dict[str, HealthCheck]:
     }
 
 
+def spool_health(publisher: KafkaPublisher) -> str:
+    """The spool's state for ``/healthz``; unhealthy while its file system refuses writes."""
+    if publisher.spool_error is not None:
+        raise OSError(f"spool not writable: {publisher.spool_error}; {publisher.held} held")
+    return f"writable, {publisher.spool.depth} records not yet delivered"
+
+
 def build_publisher(settings: Settings, name: str | None = None) -> KafkaPublisher:
     """The durable event publisher of this process (its spool is ``<spool_dir>/<name>``)."""
     assert settings.spool_dir is not None
@@ -419,6 +426,7 @@ class Container:
         self.metrics.collect_pipeline(
             publisher_stats=pub.stats if pub else None,
             spool_depth=pub.spool.depth if pub else None,
+            spool_writable=pub.spool.writable if pub else None,
             worker_stats=worker.stats if worker else None,
             consumer_stats=worker.consumer.stats if worker else None,
             producer=self.settings.producer_name,
@@ -469,6 +477,7 @@ def bootstrap(
                 log.info("postgres migrations applied: %s", applied)
         if publisher or worker:
             container.publisher = build_publisher(settings)
+            container.checks["spool"] = partial(spool_health, container.publisher)
         if worker:
             assert container.publisher is not None
             container.worker = build_worker(settings, container.publisher, container.codec)

@@ -16,6 +16,7 @@ COMPONENTS = {
     "model-primary",
     "model-escalation",
     "clickhouse",  # LOCAL: chDB inside the gateway process, owned by the in-process worker
+    "spool",  # the publisher's write-ahead spool takes writes
 }
 
 

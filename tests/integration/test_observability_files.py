@@ -210,6 +210,7 @@ def exposed_series() -> dict[str, frozenset[str]]:
     metrics.collect_pipeline(
         publisher_stats=PublisherStats(published=3, delivered=3),
         spool_depth=0,
+        spool_writable=True,
         worker_stats=WorkerStats(batches=1, stored=3, dead_letters=1, by_reason={"schema": 1}),
         consumer_stats=ConsumerStats(lag={"llm.escalation.metrics": 0}),
     )

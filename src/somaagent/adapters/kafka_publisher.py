@@ -6,6 +6,13 @@ acknowledges the spool record. When the broker is unreachable (a delivery fails,
 client's queue is full) the publisher turns *degraded*: new records only go to the spool,
 and a background thread probes the broker and replays the spool, oldest first, once it is
 back. ``publish`` never blocks on the network.
+
+When the spool's file system refuses a write (disk full), the records are *held* in memory
+and handed to the producer at once; they leave memory when the broker acknowledges them, or
+go into the spool once it can be written again while the broker is away. Meanwhile
+``spool_error`` says why, and the gateway takes no new call whose events could not be made
+durable; only the records of calls already under way are held. They are lost only if the
+process dies before either the broker or the disk takes them (``close`` tries both).
 """
 
 from __future__ import annotations
@@ -21,20 +28,24 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
 
-from somaagent.adapters.spool import Spool
+from somaagent.adapters.spool import Spool, SpoolWriteError
 
 __all__ = ["KafkaPublisher", "PublisherStats"]
+
+log = logging.getLogger("somaagent.publisher")
 
 
 @dataclass
 class PublisherStats:
-    """Counters exposed on ``/metrics`` (spooled = written while the broker was away)."""
+    """Counters exposed on ``/metrics`` (spooled = written while the broker was away;
+    unspooled = refused by the spool's file system and held in memory)."""
 
     published: int = 0
     delivered: int = 0
     spooled: int = 0
     replayed: int = 0
     delivery_failures: int = 0
+    unspooled: int = 0
     degraded_since: float | None = None
     last_error: str = ""
 
@@ -88,6 +99,11 @@ class KafkaPublisher:
         # lot in the spool under one lock. A callback runs holding the GIL, often in a
         # thread beside the caller's event loop: the less each does, the less the loop waits.
         self._acked: deque[int] = deque()
+        # Records the spool refused, by a negative id of their own (delivery reports carry
+        # it like a spool sequence number); guarded by ``_held_lock``.
+        self._held: dict[int, tuple[str, bytes, bytes]] = {}
+        self._held_lock = threading.Lock()
+        self._next_held_id = -1
         self._stats_lock = threading.Lock()
         self._producer = Producer(self._config)
         self._stop = threading.Event()
@@ -99,24 +115,72 @@ class KafkaPublisher:
     def degraded(self) -> bool:
         return self._degraded
 
-    def publish_many(self, records: list[tuple[str, bytes, bytes]]) -> None:
-        """Durably accept ``(topic, key, value)`` records; returns without network waits."""
+    @property
+    def spool_error(self) -> str | None:
+        """Why the spool refuses writes (disk full...), or ``None`` while it takes them."""
+        return self.spool.write_error
+
+    @property
+    def held(self) -> int:
+        """Records the spool refused that neither the broker nor the spool has taken yet."""
+        return len(self._held)
+
+    def publish_many(self, records: list[tuple[str, bytes, bytes]]) -> bool:
+        """Accept ``(topic, key, value)`` records without network waits: True when they are
+        durable (in the spool), False when the spool refused them and they are held."""
         if not records:
-            return
+            return True
         with self._lock:
-            seqs = self.spool.append_many(records)
+            try:
+                seqs = self.spool.append_many(records)
+            except SpoolWriteError as exc:
+                self._hold(records, str(exc))
+                return False
             self.stats.published += len(records)
             if self._degraded:
                 self.stats.spooled += len(records)
-                return
+                return True
             for seq, (topic, key, value) in zip(seqs, records, strict=True):
                 if not self._produce(seq, topic, key, value):
                     self._enter_degraded("local producer queue full")
                     self.stats.spooled += len(records)
-                    return
+                    return True
         # Delivery reports are served by ``serve_deliveries`` (the gateway calls it after
         # each answer) or, when that has not been called for ``serve_interval_s``, by the
         # background thread.
+        return True
+
+    def _hold(self, records: list[tuple[str, bytes, bytes]], reason: str) -> None:
+        """Keep records the spool refused, and hand them to the producer (under ``_lock``)."""
+        with self._held_lock:
+            ids = list(range(self._next_held_id, self._next_held_id - len(records), -1))
+            self._next_held_id -= len(records)
+            self._held.update(zip(ids, records, strict=True))
+        self.stats.published += len(records)
+        self.stats.unspooled += len(records)
+        self.stats.last_error = reason
+        log.error("telemetry spool refused %d records, held in memory: %s", len(records), reason)
+        if self._degraded:
+            return
+        for held_id, (topic, key, value) in zip(ids, records, strict=True):
+            if not self._produce(held_id, topic, key, value):
+                self._enter_degraded("local producer queue full")
+                return
+
+    def _respool_held(self) -> None:
+        """Move held records into the spool once it takes them (the broker being away)."""
+        with self._held_lock:
+            held = list(self._held.items())
+        if not held:
+            return
+        try:
+            self.spool.append_many([record for _id, record in held])
+        except SpoolWriteError:
+            return
+        with self._held_lock:
+            for held_id, _record in held:
+                self._held.pop(held_id, None)
+        self.stats.spooled += len(held)
 
     def serve_deliveries(self) -> None:
         """Serve the delivery reports that have come in, without waiting.
@@ -129,8 +193,8 @@ class KafkaPublisher:
         self._served_at = time.monotonic()
         self._serve(0)
 
-    def publish(self, topic: str, key: bytes, value: bytes) -> None:
-        self.publish_many([(topic, key, value)])
+    def publish(self, topic: str, key: bytes, value: bytes) -> bool:
+        return self.publish_many([(topic, key, value)])
 
     def _produce(self, seq: int, topic: str, key: bytes, value: bytes) -> bool:
         try:
@@ -167,6 +231,10 @@ class KafkaPublisher:
         except IndexError:
             pass
         if seqs:
+            if self._held:  # a held record's id is negative: no spool record has it
+                with self._held_lock:
+                    for seq in seqs:
+                        self._held.pop(seq, None)
             self.spool.ack_many(seqs)
             with self._stats_lock:  # not ``_lock``: publish_many holds that one
                 self.stats.delivered += len(seqs)
@@ -209,12 +277,15 @@ class KafkaPublisher:
         # idempotent producer id/sequence, which would stall or fail every retry. Records
         # still queued in the old client are in the spool and are re-sent below.
         self._renew_producer()
+        self._respool_held()
         last = -1
         while not self._stop.is_set():
             batch = self.spool.pending(after=last, limit=5_000)
             if not batch:
+                if self._held and not self._send_held():
+                    return  # the broker did not take them all; stay degraded
                 with self._lock:
-                    if not self.spool.pending(after=last, limit=1):
+                    if not self.spool.pending(after=last, limit=1) and not self._held:
                         self._degraded = False
                         self.stats.degraded_since = None
                         return
@@ -231,6 +302,18 @@ class KafkaPublisher:
             if self._failed_since_replay(batch):
                 return  # some deliveries failed again; stay degraded
 
+    def _send_held(self) -> bool:
+        """Hand the held records to the producer and wait for them: True if all were taken."""
+        with self._held_lock:
+            held = list(self._held.items())
+        for held_id, (topic, key, value) in held:
+            while not self._produce(held_id, topic, key, value):
+                self._serve(0.05)
+        unsent = self._producer.flush(15)
+        self._ack_delivered()
+        with self._held_lock:
+            return unsent == 0 and not any(held_id in self._held for held_id, _r in held)
+
     def _failed_since_replay(self, batch: list[Any]) -> bool:
         pending = {r.seq for r in self.spool.pending(limit=len(batch) + 1)}
         return any(r.seq in pending for r in batch)
@@ -238,21 +321,32 @@ class KafkaPublisher:
     def _run(self) -> None:
         next_checkpoint = time.monotonic() + 1.0
         while not self._stop.is_set():
-            if time.monotonic() - self._served_at < self._serve_interval_s:
-                self._stop.wait(self._serve_interval_s)  # the publishing side serves
-            else:
-                self._serve(0.1)  # returns as soon as a report or an error is served
-            if self._fatal.is_set():
-                self._renew_producer()
-            if self._degraded and self._broker_reachable():
-                self._replay()
-                if self._degraded:
-                    self._stop.wait(self._probe_interval_s)
-            elif self._degraded:
+            try:
+                self._tick()
+                if time.monotonic() >= next_checkpoint:
+                    self.spool.checkpoint()
+                    next_checkpoint = time.monotonic() + 1.0
+            except Exception:  # this thread must outlive any one failure
+                log.exception("publisher background round failed")
                 self._stop.wait(self._probe_interval_s)
-            if time.monotonic() >= next_checkpoint:
-                self.spool.checkpoint()
-                next_checkpoint = time.monotonic() + 1.0
+
+    def _tick(self) -> None:
+        if time.monotonic() - self._served_at < self._serve_interval_s:
+            self._stop.wait(self._serve_interval_s)  # the publishing side serves
+        else:
+            self._serve(0.1)  # returns as soon as a report or an error is served
+        if self._fatal.is_set():
+            self._renew_producer()
+        if not self.spool.writable and self.spool.probe():
+            log.info("telemetry spool %s is writable again", self.spool.directory)
+        if self._degraded and self._held and self.spool.writable:
+            self._respool_held()
+        if self._degraded and self._broker_reachable():
+            self._replay()
+            if self._degraded:
+                self._stop.wait(self._probe_interval_s)
+        elif self._degraded:
+            self._stop.wait(self._probe_interval_s)
 
     # ------------------------------------------------------------------ lifecycle
     def flush(self, timeout_s: float = 10.0) -> bool:
@@ -261,14 +355,22 @@ class KafkaPublisher:
         while time.monotonic() < deadline:
             self._producer.flush(min(0.5, max(0.0, deadline - time.monotonic())))
             self._ack_delivered()
-            if self.spool.depth == 0:
+            if self.spool.depth == 0 and not self._held:
                 return True
             time.sleep(0.05)
-        return self.spool.depth == 0
+        return self.spool.depth == 0 and not self._held
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Flush what can be delivered in ``timeout_s``; the rest stays in the spool."""
+        """Flush what can be delivered in ``timeout_s``; the rest stays in the spool (held
+        records too, if it takes them now)."""
         self.flush(timeout_s)
         self._stop.set()
         self._thread.join(timeout=5)
+        self._respool_held()
+        if self._held:
+            log.error(
+                "%d telemetry records are lost: neither the broker nor the spool took them (%s)",
+                len(self._held),
+                self.spool.write_error,
+            )
         self.spool.close()

@@ -9,12 +9,20 @@ Layout: ``<dir>/<first-seq:020d>.seg`` segment files of records
 ``[u32 length][u32 crc32][u64 seq][u16 topic-len][topic][u32 key-len][key][value]`` and a
 ``watermark`` file holding the lowest sequence number not yet known to be delivered.
 A torn record at the end of the last segment (crash mid-write) is detected by its CRC and
-ignored. One process owns a spool directory at a time (``flock``).
+ignored; a segment reopened for appending is first cut back to its last whole record. One
+process owns a spool directory at a time (``flock``).
+
+A write the file system refuses (disk full, an I/O error) raises :class:`SpoolWriteError` and
+leaves nothing of the refused records behind: the segment is cut back to where they began.
+The spool is then *not writable* until :meth:`Spool.probe` or a later append succeeds; the
+caller decides what to do with the records meanwhile (see ``kafka_publisher``).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
 import struct
 import threading
@@ -24,7 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["Spool", "SpoolLockedError", "SpooledRecord"]
+__all__ = ["Spool", "SpoolLockedError", "SpoolWriteError", "SpooledRecord"]
+
+log = logging.getLogger("somaagent.spool")
 
 _HEAD = struct.Struct("<II")  # length of the body, crc32 of the body
 _SEQ = struct.Struct("<QH")  # seq, topic length
@@ -33,6 +43,10 @@ _KEYLEN = struct.Struct("<I")
 
 class SpoolLockedError(RuntimeError):
     """Another live process owns this spool directory."""
+
+
+class SpoolWriteError(RuntimeError):
+    """The file system refused the records (disk full, I/O error); none of them was kept."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +63,8 @@ def _encode(seq: int, topic: str, key: bytes, value: bytes) -> bytes:
     return _HEAD.pack(len(body), zlib.crc32(body)) + body
 
 
-def _read_segment(path: Path) -> Iterator[SpooledRecord]:
-    data = path.read_bytes()
+def _records(data: bytes) -> Iterator[tuple[int, SpooledRecord]]:
+    """Each whole record of a segment's bytes with the offset just past it."""
     pos = 0
     while pos + _HEAD.size <= len(data):
         length, crc = _HEAD.unpack_from(data, pos)
@@ -63,8 +77,30 @@ def _read_segment(path: Path) -> Iterator[SpooledRecord]:
         off += tlen
         (klen,) = _KEYLEN.unpack_from(body, off)
         off += _KEYLEN.size
-        yield SpooledRecord(seq, topic, body[off : off + klen], body[off + klen :])
         pos += _HEAD.size + length
+        yield pos, SpooledRecord(seq, topic, body[off : off + klen], body[off + klen :])
+
+
+def _read_segment(path: Path) -> Iterator[SpooledRecord]:
+    for _end, record in _records(path.read_bytes()):
+        yield record
+
+
+def _write_all(fh: BinaryIO, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = fh.write(view)
+        if not written:
+            raise OSError(errno.EIO, "write() took no bytes")
+        view = view[written:]
+
+
+def _whole_length(path: Path) -> int:
+    """The length of a segment's leading run of whole records (0 if there is none)."""
+    end = 0
+    for end, _record in _records(path.read_bytes()):  # noqa: B007 - the last one counts
+        pass
+    return end
 
 
 class Spool:
@@ -99,6 +135,7 @@ class Spool:
         self._writer: BinaryIO | None = None
         self._writer_bytes = 0
         self._dirty = False
+        self._write_error: str | None = None
         # fsync runs in this thread, never in the caller of append_many (the gateway's
         # event loop): a disk flush there stalled every request in flight.
         self._stop_sync = threading.Event()
@@ -136,49 +173,106 @@ class Spool:
     def next_seq(self) -> int:
         return self._next_seq
 
+    @property
+    def writable(self) -> bool:
+        """False from a refused write until a probe or an append succeeds again."""
+        return self._write_error is None
+
+    @property
+    def write_error(self) -> str | None:
+        """Why the last write was refused (``None`` while the spool is writable)."""
+        return self._write_error
+
     # ------------------------------------------------------------------ write
     def _open_writer(self) -> BinaryIO:
         if self._writer is not None and self._writer_bytes < self._segment_bytes:
             return self._writer
         if self._writer is not None:  # rolling over: the old segment is complete
-            self._writer.flush()
-            os.fsync(self._writer.fileno())
-            self._writer.close()
+            self._close_writer(sync=True)
         path = self.directory / f"{self._next_seq:020d}.seg"
-        self._writer = open(path, "ab")  # noqa: SIM115 - closed on roll and in close()
-        self._writer_bytes = 0
-        self._segments.append((self._next_seq, path))
-        return self._writer
+        if path.exists():  # left by a refused write or a crash: keep its whole records only
+            os.truncate(path, _whole_length(path))
+        # Unbuffered: every append is one write() of its own, and nothing of a refused one
+        # lingers in a buffer to reach the file later.
+        writer = open(path, "ab", buffering=0)  # noqa: SIM115 - closed on roll and in close()
+        self._writer = writer
+        self._writer_bytes = os.fstat(writer.fileno()).st_size
+        if not self._segments or self._segments[-1][1] != path:
+            self._segments.append((self._next_seq, path))
+        return writer
+
+    def _close_writer(self, *, sync: bool) -> None:
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        try:
+            if sync:
+                os.fsync(writer.fileno())
+        except OSError as exc:  # its records are written; the page cache still holds them
+            log.warning("spool %s: fsync of %s failed: %s", self.directory, writer.name, exc)
+        finally:
+            writer.close()
 
     def append_many(self, records: list[tuple[str, bytes, bytes]]) -> list[int]:
         """Append ``(topic, key, value)`` records in order; return their sequence numbers.
 
         The bytes reach the operating system before this returns (they survive a crash of
         this process); the spool's own thread fsyncs them at most ``fsync_interval_s`` later.
+        Raises :class:`SpoolWriteError` if the file system refuses them: then none is kept.
         """
         with self._mutex:
-            writer = self._open_writer()
-            seqs = []
-            chunks = []
-            for topic, key, value in records:
-                seq = self._next_seq
-                self._next_seq += 1
-                chunks.append(_encode(seq, topic, key, value))
-                seqs.append(seq)
-                self._unacked.add(seq)
-            blob = b"".join(chunks)
-            writer.write(blob)
-            writer.flush()
+            first = self._next_seq
+            seqs = list(range(first, first + len(records)))
+            blob = b"".join(
+                [
+                    _encode(seq, topic, key, value)
+                    for seq, (topic, key, value) in zip(seqs, records, strict=True)
+                ]
+            )
+            try:
+                _write_all(self._open_writer(), blob)
+            except OSError as exc:
+                self._refused(exc)
+                raise SpoolWriteError(f"spool {self.directory}: {exc}") from exc
+            self._next_seq = first + len(records)
+            self._unacked.update(seqs)
             self._writer_bytes += len(blob)
             self._dirty = True
+            self._write_error = None
             return seqs
+
+    def _refused(self, exc: OSError) -> None:
+        """Cut the segment back to before the refused records (under ``_mutex``)."""
+        self._write_error = exc.strerror or str(exc)
+        if self._writer is None:
+            return
+        try:
+            os.ftruncate(self._writer.fileno(), self._writer_bytes)
+        except OSError:  # the next append opens the segment again and cuts it then
+            self._close_writer(sync=False)
+
+    def probe(self, size: int = 64 << 10) -> bool:
+        """Whether ``size`` bytes can be written beside the segments now (a scratch file is
+        written and removed); a success makes the spool writable again."""
+        path = self.directory / "probe"
+        try:
+            with open(path, "wb", buffering=0) as fh:
+                _write_all(fh, bytes(size))
+        except OSError as exc:
+            with self._mutex:
+                self._write_error = exc.strerror or str(exc)
+            return False
+        finally:
+            path.unlink(missing_ok=True)
+        with self._mutex:
+            self._write_error = None
+        return True
 
     def sync(self) -> None:
         """fsync everything appended so far (the file lock is not held during the fsync)."""
         with self._mutex:
             if self._writer is None:
                 return
-            self._writer.flush()
             fd = os.dup(self._writer.fileno())  # stays valid if a roll closes the writer
             self._dirty = False
         try:
@@ -189,7 +283,11 @@ class Spool:
     def _sync_loop(self) -> None:
         while not self._stop_sync.wait(self._fsync_interval_s):
             if self._dirty:
-                self.sync()
+                try:
+                    self.sync()
+                except OSError as exc:  # tried again at the next interval
+                    self._dirty = True
+                    log.warning("spool %s: fsync failed: %s", self.directory, exc)
 
     def append(self, topic: str, key: bytes, value: bytes) -> int:
         return self.append_many([(topic, key, value)])[0]
@@ -203,8 +301,6 @@ class Spool:
     def pending(self, after: int = -1, limit: int = 10_000) -> list[SpooledRecord]:
         """Unacknowledged records with ``seq > after``, oldest first, at most ``limit``."""
         with self._mutex:
-            if self._writer is not None:
-                self._writer.flush()
             if not self._unacked:
                 return []
             low = max(min(self._unacked), after + 1)
@@ -219,7 +315,10 @@ class Spool:
 
     def checkpoint(self) -> None:
         """Persist the watermark and delete segments whose records are all delivered."""
-        self.sync()
+        try:
+            self.sync()
+        except OSError as exc:  # the sync thread tries again; the decision below stands
+            log.warning("spool %s: fsync failed: %s", self.directory, exc)
         # Only the decision is taken under the lock; the file writes, the rename and the
         # unlinks are not, so an append (the gateway's event loop) never waits for them.
         # A watermark read now stays a valid lower bound however late it is written, and
@@ -237,21 +336,25 @@ class Spool:
                     keep.append((first, path))
             self._segments = keep
         with self._checkpoint_lock:  # close() and the publisher's thread may both be here
-            if watermark > self._watermark:
-                tmp = self.directory / "watermark.tmp"
-                tmp.write_text(str(watermark))
-                os.replace(tmp, self.directory / "watermark")
-                self._watermark = watermark
+            # Segments first: deleting them frees space even when the disk is full, and a
+            # watermark written later (or never) is still a valid lower bound.
             for path in drop:
                 path.unlink(missing_ok=True)
+            if watermark > self._watermark:
+                tmp = self.directory / "watermark.tmp"
+                try:
+                    tmp.write_text(str(watermark))
+                    os.replace(tmp, self.directory / "watermark")
+                except OSError as exc:  # written at a later checkpoint
+                    log.warning("spool %s: watermark not written: %s", self.directory, exc)
+                    return
+                self._watermark = watermark
 
     def close(self) -> None:
         self._stop_sync.set()
         self._syncer.join(timeout=5)
         self.checkpoint()
         with self._mutex:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
+            self._close_writer(sync=False)  # checkpoint() has just synced it
         fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
         self._lock_fh.close()

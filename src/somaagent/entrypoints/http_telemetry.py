@@ -26,6 +26,8 @@ async def ingest_events(request: Request) -> JSONResponse:
     settings = container.settings
     if container.publisher is None:
         return openai_error(503, "telemetry publisher is not configured", kind="server_error")
+    if container.publisher.spool_error is not None:
+        return _not_durable(container.publisher.spool_error, "no event was accepted")
     try:
         items = _split_items(await read_json_body(request, settings.ingest_max_body_bytes))
     except RequestError as exc:
@@ -41,7 +43,24 @@ async def ingest_events(request: Request) -> JSONResponse:
             topic_for_event_type=settings.topics.topic_for_event_type(),
         )
     )
+    if not report.durable:
+        return _not_durable(
+            container.publisher.spool_error or "write refused",
+            "the valid events are held in memory and sent if this process stays up; sending"
+            " the batch again is safe (duplicates are dropped by event id)",
+        )
     return JSONResponse(report.to_dict(), status_code=202 if report.accepted else 422)
+
+
+def _not_durable(reason: str, what: str) -> JSONResponse:
+    response = openai_error(
+        503,
+        f"the telemetry spool cannot be written ({reason}); {what}",
+        kind="server_error",
+        code="telemetry_unavailable",
+    )
+    response.headers["retry-after"] = "5"
+    return response
 
 
 def _split_items(body: bytes) -> list[bytes]:

@@ -22,7 +22,7 @@ from somaagent.observability._labels import LabelGuard
 
 __all__ = ["ConsumerStatsLike", "PipelineCollector", "PublisherStatsLike", "WorkerStatsLike"]
 
-PUBLISHER_STATES = ("published", "delivered", "spooled", "replayed", "failed")
+PUBLISHER_STATES = ("published", "delivered", "spooled", "replayed", "failed", "unspooled")
 
 
 class PublisherStatsLike(Protocol):
@@ -33,6 +33,7 @@ class PublisherStatsLike(Protocol):
     spooled: int
     replayed: int
     delivery_failures: int
+    unspooled: int
 
 
 class WorkerStatsLike(Protocol):
@@ -56,6 +57,7 @@ class ConsumerStatsLike(Protocol):
 class _Snapshot:
     publisher: dict[str, dict[str, int]] = field(default_factory=dict)
     spool_depth: dict[str, int] = field(default_factory=dict)
+    spool_writable: dict[str, int] = field(default_factory=dict)
     worker: dict[str, int] = field(default_factory=dict)
     dead_letters: dict[str, int] = field(default_factory=dict)
     lag: dict[str, int] = field(default_factory=dict)
@@ -84,6 +86,7 @@ class PipelineCollector:
         spool_depth: int | None,
         worker: WorkerStatsLike | None,
         consumer: ConsumerStatsLike | None,
+        spool_writable: bool | None = None,
     ) -> None:
         """Copy the given stats; a source passed as ``None`` keeps its previous values."""
         snap = self._snap
@@ -96,9 +99,12 @@ class PipelineCollector:
                     "spooled": publisher.spooled,
                     "replayed": publisher.replayed,
                     "failed": publisher.delivery_failures,
+                    "unspooled": publisher.unspooled,
                 }
             if spool_depth is not None:
                 snap.spool_depth[producer] = spool_depth
+            if spool_writable is not None:
+                snap.spool_writable[producer] = int(spool_writable)
             if worker is not None:
                 snap.worker = {
                     "batches": worker.batches,
@@ -128,6 +134,7 @@ class PipelineCollector:
             snap = _Snapshot(
                 {k: dict(v) for k, v in self._snap.publisher.items()},
                 dict(self._snap.spool_depth),
+                dict(self._snap.spool_writable),
                 dict(self._snap.worker),
                 dict(self._snap.dead_letters),
                 dict(self._snap.lag),
@@ -138,7 +145,8 @@ class PipelineCollector:
     def _families(snap: _Snapshot) -> Iterable[Metric]:
         events = CounterMetricFamily(
             "soma_publisher_events",
-            "Telemetry events by publisher state (spooled = written while the broker was away)",
+            "Telemetry events by publisher state (spooled = written while the broker was away;"
+            " unspooled = refused by the spool's file system, held in memory)",
             labels=["producer", "state"],
         )
         for producer, counts in sorted(snap.publisher.items()):
@@ -150,6 +158,13 @@ class PipelineCollector:
             "Events in the write-ahead spool not yet acknowledged by the broker",
             "producer",
             snap.spool_depth,
+        )
+        yield _labelled_gauge(
+            "soma_spool_writable",
+            "1 while the write-ahead spool takes writes; 0 while its file system refuses them"
+            " (the gateway then refuses new calls)",
+            "producer",
+            snap.spool_writable,
         )
         for key, doc in (
             ("batches", "Batches the telemetry worker has processed"),

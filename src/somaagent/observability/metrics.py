@@ -369,6 +369,7 @@ class GatewayMetrics:
         worker_stats: WorkerStatsLike | None = None,
         consumer_stats: ConsumerStatsLike | None = None,
         producer: str = "gateway",
+        spool_writable: bool | None = None,
     ) -> None:
         """Take the current publisher, spool, worker and consumer figures for the next scrape.
 
@@ -382,4 +383,5 @@ class GatewayMetrics:
             spool_depth=spool_depth,
             worker=worker_stats,
             consumer=consumer_stats,
+            spool_writable=spool_writable,
         )

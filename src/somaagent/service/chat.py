@@ -69,7 +69,10 @@ log = logging.getLogger("somaagent.chat")
 
 
 class Publisher(Protocol):
-    def publish_many(self, records: list[tuple[str, bytes, bytes]]) -> None: ...
+    def publish_many(self, records: list[tuple[str, bytes, bytes]]) -> bool: ...
+
+    @property
+    def spool_error(self) -> str | None: ...
 
 
 @dataclass
@@ -138,6 +141,15 @@ class ChatService:
         return frozenset(m for m, u in self.upstreams.items() if not u.breaker.available(now))
 
     def route(self, request: ChatRequest, caller: Caller, signal: str | None = None) -> Decision:
+        if signal is None and self.publisher.spool_error is not None:
+            raise RequestError(  # before anything is spent: this call could not be accounted
+                503,
+                "calls are refused while their telemetry cannot be written durably (spool: "
+                f"{self.publisher.spool_error}); retry shortly",
+                code="telemetry_unavailable",
+                kind="server_error",
+                headers={"retry-after": "5"},
+            )
         with self.tracing.span("router.decide") as span:
             decision = self._route(request, caller, signal)
             self.tracing.set(

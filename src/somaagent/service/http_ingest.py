@@ -12,7 +12,7 @@ __all__ = ["IngestReport", "Publisher", "accept_events"]
 
 
 class Publisher(Protocol):
-    def publish_many(self, records: list[tuple[str, bytes, bytes]]) -> None: ...
+    def publish_many(self, records: list[tuple[str, bytes, bytes]]) -> bool: ...
 
 
 @dataclass
@@ -20,6 +20,7 @@ class IngestReport:
     accepted: int = 0
     rejected: int = 0
     results: list[dict[str, Any]] = field(default_factory=list)
+    durable: bool = True  # False: the spool refused the accepted ones (held in memory)
 
     def to_dict(self) -> dict[str, Any]:
         return {"accepted": self.accepted, "rejected": self.rejected, "results": self.results}
@@ -52,5 +53,6 @@ def accept_events(
                 "event_type": event.event_type,
             }
         )
-    publisher.publish_many(records)
+    if records:
+        report.durable = publisher.publish_many(records)
     return report

@@ -278,18 +278,20 @@ def test_collect_pipeline_reports_cumulative_stats_without_double_counting(
     registry: CollectorRegistry, metrics: GatewayMetrics
 ) -> None:
     publisher = PublisherStats(published=10, delivered=8, spooled=2, replayed=1,
-                               delivery_failures=1)  # fmt: skip
+                               delivery_failures=1, unspooled=3)  # fmt: skip
     worker = WorkerStats(batches=3, stored=25, duplicates=4, dead_letters=2, failures=1,
                          by_reason={"schema": 2})  # fmt: skip
     consumer = ConsumerStats(lag={"llm.escalation.metrics": 7, "slm.metrics": 0})
     for _ in range(3):  # however often it is called, the figures are the stats' own
         metrics.collect_pipeline(publisher_stats=publisher, spool_depth=2, worker_stats=worker,
-                                 consumer_stats=consumer)  # fmt: skip
+                                 consumer_stats=consumer, spool_writable=False)  # fmt: skip
     events = "soma_publisher_events_total"
-    expected = {"published": 10, "delivered": 8, "spooled": 2, "replayed": 1, "failed": 1}
+    expected = {"published": 10, "delivered": 8, "spooled": 2, "replayed": 1, "failed": 1,
+                "unspooled": 3}  # fmt: skip
     for state, count in expected.items():
         assert value(registry, events, producer="gateway", state=state) == count
     assert value(registry, "soma_spool_depth", producer="gateway") == 2
+    assert value(registry, "soma_spool_writable", producer="gateway") == 0
     assert value(registry, "soma_worker_batches_total") == 3
     assert value(registry, "soma_worker_stored_events_total") == 25
     assert value(registry, "soma_worker_duplicates_total") == 4
