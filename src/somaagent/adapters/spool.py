@@ -86,7 +86,7 @@ def _read_segment(path: Path) -> Iterator[SpooledRecord]:
         yield record
 
 
-def _write_all(fh: BinaryIO, data: bytes) -> None:
+def _write_all(fh: BinaryIO, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         written = fh.write(view)
@@ -222,19 +222,22 @@ class Spool:
         """
         with self._mutex:
             first = self._next_seq
-            seqs = list(range(first, first + len(records)))
             blob = b"".join(
                 [
-                    _encode(seq, topic, key, value)
-                    for seq, (topic, key, value) in zip(seqs, records, strict=True)
+                    _encode(first + i, topic, key, value)
+                    for i, (topic, key, value) in enumerate(records)
                 ]
             )
             try:
-                _write_all(self._open_writer(), blob)
+                writer = self._open_writer()
+                written = writer.write(blob)
+                if written != len(blob):  # a short write: the file system is nearly full
+                    _write_all(writer, memoryview(blob)[written or 0 :])
             except OSError as exc:
                 self._refused(exc)
                 raise SpoolWriteError(f"spool {self.directory}: {exc}") from exc
             self._next_seq = first + len(records)
+            seqs = list(range(first, self._next_seq))
             self._unacked.update(seqs)
             self._writer_bytes += len(blob)
             self._dirty = True
