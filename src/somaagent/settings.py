@@ -244,7 +244,9 @@ class Settings(BaseSettings):
     llama_server_bin: Path | None = None
     model_threads: int = Field(default=2, ge=1)
     model_parallel: int = Field(default=4, ge=1)
-    model_context: int = Field(default=4096, ge=256)
+    # Context tokens each LOCAL llama-server serves, one KV cache shared by its slots, so one
+    # request may use all of it. None = the window the catalog gives its model.
+    model_context: int | None = Field(default=None, ge=256)
     primary_model_name: str = "smollm2-135m-instruct"
     primary_model_file: Path | None = None
     primary_model_sha256: str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"

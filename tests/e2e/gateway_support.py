@@ -8,13 +8,21 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
+import yaml
 
+from somaagent.adapters.ratecards_store import RateCardStore
+from somaagent.domain.ratecards import default_ratecards_text, parse_ratecards
+from somaagent.domain.routing import default_catalog_text
 from somaagent.entrypoints.gateway import create_app
 from somaagent.entrypoints.http_protocol import GatewayHttpProtocol
 from somaagent.settings import Settings, load_settings
+
+PRIMARY = "smollm2-135m-instruct"
+REPLICA = "smollm2-135m-instruct-replica"
 
 
 def free_port() -> int:
@@ -72,3 +80,27 @@ def open_chat(port: int, body: dict[str, Any], session: str, key: str = "") -> s
         + payload
     )
     return sock
+
+
+def catalog_with_replica(
+    stack: Settings, path: Path, primary_url: str, **primary: Any
+) -> dict[str, Any]:
+    """Write to ``path`` the packaged catalog with its primary at ``primary_url`` (and the
+    ``primary`` fields given) plus a replica of it at the stack's own primary server, priced
+    like the primary (the gateway refuses to serve an unpriced model); return the replica."""
+    catalog = yaml.safe_load(default_catalog_text())
+    entry = next(m for m in catalog["models"] if m["tier"] == "primary")
+    replica = {**entry, "model_id": REPLICA, "base_url": stack.url("primary_model_url")}
+    entry.update(base_url=primary_url, **primary)
+    catalog["models"].append(replica)
+    path.write_text(yaml.safe_dump(catalog, sort_keys=False))
+    store = RateCardStore(stack.secret("postgres_dsn"))
+    store.load(parse_ratecards(default_ratecards_text(), source="packaged"))
+    card = {
+        "version": "replica-1",
+        "effective_from": "2026-01-01T00:00:00Z",
+        "source": "test: the primary's price",
+        "models": {REPLICA: {"gpu_hour_usd": "0.10", "gpus": 1, "max_ms_per_token": "250"}},
+    }
+    store.load(parse_ratecards(yaml.safe_dump({"version": 1, "cards": [card]}), source="test"))
+    return replica

@@ -7,16 +7,12 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import yaml
 
-from somaagent.adapters.ratecards_store import RateCardStore
 from somaagent.bootstrap import Container
-from somaagent.domain.ratecards import default_ratecards_text, parse_ratecards
-from somaagent.domain.routing import default_catalog_text
 from somaagent.settings import Settings
 from somaagent.stack import Supervisor
 from tests.conftest import private_stack
-from tests.e2e.gateway_support import running_gateway
+from tests.e2e.gateway_support import catalog_with_replica, running_gateway
 from tests.e2e.test_chat_gateway import client, events_for
 from tests.integration.telemetry_support import wait_until
 
@@ -32,44 +28,8 @@ def test_primary_stopped_mid_test_falls_back_to_the_replica(
     stack: Settings, own_primary: Supervisor, pipeline: tuple[Container, dict[str, str]]
 ) -> None:
     worker, env = pipeline
-    catalog = yaml.safe_load(default_catalog_text())
-    primary = next(m for m in catalog["models"] if m["tier"] == "primary")
-    replica = {
-        **primary,
-        "model_id": "smollm2-135m-instruct-replica",
-        "base_url": stack.url("primary_model_url"),
-    }
-    primary["base_url"] = own_primary.settings.url("primary_model_url")
-    catalog["models"].append(replica)
     path = own_primary.settings.state_dir / "catalog.yaml"
-    path.write_text(yaml.safe_dump(catalog, sort_keys=False))
-    # the replica is priced like the primary (the gateway refuses to serve an unpriced model)
-    store = RateCardStore(stack.secret("postgres_dsn"))
-    store.load(parse_ratecards(default_ratecards_text(), source="packaged"))
-    store.load(
-        parse_ratecards(
-            yaml.safe_dump(
-                {
-                    "version": 1,
-                    "cards": [
-                        {
-                            "version": "replica-1",
-                            "effective_from": "2026-01-01T00:00:00Z",
-                            "source": "test: the primary's price",
-                            "models": {
-                                replica["model_id"]: {
-                                    "gpu_hour_usd": "0.10",
-                                    "gpus": 1,
-                                    "max_ms_per_token": "250",
-                                }
-                            },
-                        }
-                    ],
-                }
-            ),
-            source="fallback test",
-        )
-    )
+    catalog_with_replica(stack, path, own_primary.settings.url("primary_model_url"))
     session = f"fb-{uuid.uuid4().hex[:8]}"
     ask = dict(
         model="auto",

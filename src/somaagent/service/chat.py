@@ -106,8 +106,17 @@ def route_headers(entry: ModelEntry) -> dict[str, str]:
     }
 
 
-def rejected(exc: UpstreamError, status: int) -> RequestError:
+def rejected(exc: UpstreamError, entry: ModelEntry) -> RequestError:
     """The client's error for a 4xx the upstream gave about the request itself."""
+    if exc.exceeds_context:
+        return RequestError(
+            400,
+            f"the prompt and max_tokens do not fit the context window of {entry.model_id}"
+            f" ({entry.context_window} tokens), nor of any other model this call may use: {exc}",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    status = exc.status if exc.status is not None else 400
     return RequestError(status, f"upstream rejected the request: {exc}", code="upstream_rejected")
 
 
@@ -362,11 +371,10 @@ class ChatService:
                     )
                 )
                 await self.settle(adm, entry, records[-1])
-                if exc.rejects_request and exc.status is not None:
-                    self.account(
-                        records, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm
-                    )
-                    raise rejected(exc, exc.status) from None
+                self.end_if_refused(
+                    exc, entry, candidates, records, caller=caller, ctx=ctx, request=request,
+                    tree=tree, adm=adm,
+                )  # fmt: skip
                 if await self.retries(entry, exc, attempts, failures):
                     candidates.insert(0, entry)
                 else:
@@ -586,6 +594,32 @@ class ChatService:
             await asyncio.sleep(delay)
         return True
 
+    def end_if_refused(
+        self,
+        exc: UpstreamError,
+        entry: ModelEntry,
+        rest: list[ModelEntry],
+        records: list[CallRecord],
+        *,
+        caller: Caller,
+        ctx: RequestContext,
+        request: ChatRequest,
+        tree: dict[str, Any],
+        adm: Admission | None,
+    ) -> None:
+        """End the request when the upstream refused the request itself, as any other model
+        would: account for the attempts so far and raise the client's error (:func:`rejected`).
+        Only a request too long for ``entry``'s context window goes on, if ``rest`` (the
+        candidates left, which then keeps only these) has a model with a larger window."""
+        if not exc.rejects_request:
+            return
+        if exc.exceeds_context:
+            rest[:] = [e for e in rest if e.context_window > entry.context_window]
+            if rest:
+                return
+        self.account(records, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm)
+        raise rejected(exc, entry) from None
+
     def failed_attempt(
         self,
         entry: ModelEntry,
@@ -597,8 +631,14 @@ class ChatService:
         timeout_s: float | None = None,
     ) -> CallRecord:
         """Count a failed upstream call against its breaker, list it, and return its record
-        (a timed-out call is charged its GPU time: see ``call_records.failed_record``)."""
-        self.upstreams[entry.model_id].breaker.record_failure(self.clock())
+        (a timed-out call is charged its GPU time: see ``call_records.failed_record``).
+        An upstream that refused the request itself answered as a healthy one does: that
+        counts as a success, so no client's bad requests can open its circuit for others."""
+        breaker = self.upstreams[entry.model_id].breaker
+        if exc.rejects_request:
+            breaker.record_success(self.clock())
+        else:
+            breaker.record_failure(self.clock())
         attempts.append({"model_id": entry.model_id, "error": exc.kind, "status": exc.status})
         return failed_record(
             self.rates,

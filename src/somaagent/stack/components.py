@@ -196,6 +196,17 @@ def _vault(settings: Settings) -> ComponentSpec:
     )
 
 
+def served_context(settings: Settings, tier: str) -> int:
+    """The context window a LOCAL model server serves: ``model_context`` if set, else the
+    catalog's ``context_window`` for the tier's model (4096 if the catalog lacks it)."""
+    if settings.model_context is not None:
+        return settings.model_context
+    from somaagent.bootstrap import build_catalog  # noqa: PLC0415 - only when a model starts
+
+    entry = build_catalog(settings).get(getattr(settings, f"{tier}_model_name"))
+    return entry.context_window if entry is not None else 4096
+
+
 def _llama(settings: Settings, tier: str) -> ComponentSpec:
     binary = settings.llama_server_bin or settings.cache_dir / "llama.cpp" / "bin" / "llama-server"
     port = settings.port(f"{tier}_model_port")
@@ -231,7 +242,8 @@ def _llama(settings: Settings, tier: str) -> ComponentSpec:
             "--port",
             str(port),
             "-c",
-            str(settings.model_context),
+            str(served_context(settings, tier)),
+            "--kv-unified",  # any one request may use the whole window, not 1/parallel of it
             "-t",
             str(settings.model_threads),
             "--parallel",

@@ -12,6 +12,10 @@ __all__ = ["ErrorKind", "UpstreamError"]
 ErrorKind = Literal["connect", "timeout", "http", "protocol"]
 
 _MAX_MESSAGE = 300
+# How upstreams say "the prompt and max_tokens do not fit my context window": llama-server's
+# error type, OpenAI's error code; vLLM says it in the message only.
+_CONTEXT_CODES = frozenset({"exceed_context_size_error", "context_length_exceeded"})
+_CONTEXT_WORDS = ("maximum context length", "exceeds the available context size")
 
 
 class UpstreamError(Exception):
@@ -26,9 +30,12 @@ class UpstreamError(Exception):
     - ``protocol``: the answer is not the OpenAI wire format (not JSON, a stream cut short).
     """
 
-    def __init__(self, kind: ErrorKind, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self, kind: ErrorKind, message: str, *, status: int | None = None, code: str | None = None
+    ) -> None:
         self.kind: ErrorKind = kind
         self.status = status
+        self.code = code  # the upstream's own error code or type, when it gave one
         self.message = one_line(message)
         super().__init__(self.message)
 
@@ -40,6 +47,14 @@ class UpstreamError(Exception):
             and self.status is not None
             and 400 <= self.status < 500
             and self.status not in (408, 409, 429)
+        )
+
+    @property
+    def exceeds_context(self) -> bool:
+        """The request's prompt and ``max_tokens`` do not fit this model's context window
+        (a model with a larger one may take it)."""
+        return self.rejects_request and (
+            self.code in _CONTEXT_CODES or any(w in self.message for w in _CONTEXT_WORDS)
         )
 
     def __repr__(self) -> str:
@@ -67,18 +82,23 @@ def from_exception(exc: BaseException, url: str) -> UpstreamError:
 
 def from_status(status: int, raw: bytes, url: str) -> UpstreamError:
     """An :class:`UpstreamError` for a 4xx/5xx answer, quoting the upstream's own message."""
-    return UpstreamError("http", f"{url} answered {status}: {error_message(raw)}", status=status)
+    message, code = error_fields(raw)
+    return UpstreamError("http", f"{url} answered {status}: {message}", status=status, code=code)
 
 
-def error_message(raw: bytes) -> str:
-    """The ``error.message`` of an OpenAI-style error body, else the start of the body."""
+def error_fields(raw: bytes) -> tuple[str, str | None]:
+    """The message of an OpenAI-style error body (else the start of the body) and its
+    ``error.code`` if that is a string, else its ``error.type``."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return raw[:200].decode("utf-8", "replace") or "(empty body)"
+        return raw[:200].decode("utf-8", "replace") or "(empty body)", None
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return str(error["message"])
+        code = error.get("code")
+        kind = error.get("type")
+        found = code if isinstance(code, str) else kind if isinstance(kind, str) else None
+        return str(error["message"]), found
     if isinstance(error, str):
-        return error
-    return raw[:200].decode("utf-8", "replace")
+        return error, None
+    return raw[:200].decode("utf-8", "replace"), None
