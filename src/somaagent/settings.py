@@ -244,8 +244,8 @@ class Settings(BaseSettings):
     llama_server_bin: Path | None = None
     model_threads: int = Field(default=2, ge=1)
     model_parallel: int = Field(default=4, ge=1)
-    # Context tokens each LOCAL llama-server serves, one KV cache shared by its slots, so one
-    # request may use all of it. None = the window the catalog gives its model.
+    # Context tokens each LOCAL llama-server serves each request (each of its parallel slots
+    # gets them all). None = the window the catalog gives its model.
     model_context: int | None = Field(default=None, ge=256)
     primary_model_name: str = "smollm2-135m-instruct"
     primary_model_file: Path | None = None

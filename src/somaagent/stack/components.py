@@ -197,8 +197,8 @@ def _vault(settings: Settings) -> ComponentSpec:
 
 
 def served_context(settings: Settings, tier: str) -> int:
-    """The context window a LOCAL model server serves: ``model_context`` if set, else the
-    catalog's ``context_window`` for the tier's model (4096 if the catalog lacks it)."""
+    """The context window a LOCAL model server serves each request: ``model_context`` if
+    set, else the catalog's ``context_window`` for the tier's model (4096 if it lacks it)."""
     if settings.model_context is not None:
         return settings.model_context
     from somaagent.bootstrap import build_catalog  # noqa: PLC0415 - only when a model starts
@@ -241,9 +241,13 @@ def _llama(settings: Settings, tier: str) -> ComponentSpec:
             settings.bind_host,
             "--port",
             str(port),
+            # Each slot gets the whole window: llama-server splits -c between its slots. A KV
+            # cache shared by the slots (--kv-unified) would need less memory, but then a
+            # greedy answer depends on what the other slots hold, and is no longer the same
+            # streamed and not streamed.
             "-c",
-            str(served_context(settings, tier)),
-            "--kv-unified",  # any one request may use the whole window, not 1/parallel of it
+            str(served_context(settings, tier) * settings.model_parallel),
+            "--no-kv-unified",
             "-t",
             str(settings.model_threads),
             "--parallel",

@@ -56,3 +56,12 @@ def test_other_errors_are_not_context_errors() -> None:
         assert not busy.rejects_request and not busy.exceeds_context
     assert not UpstreamError("timeout", "maximum context length").exceeds_context
     assert from_status(400, b"not json", URL).code is None
+
+
+def test_only_the_requests_own_faults_are_refusals() -> None:
+    body = orjson.dumps({"error": {"message": "no", "type": "x"}})
+    for status in (400, 413, 415, 422):
+        assert from_status(status, body, URL).rejects_request, status
+    # Our own key, account or configuration, or a pause: another upstream may serve it.
+    for status in (401, 402, 403, 404, 407, 408, 409, 429):
+        assert not from_status(status, body, URL).rejects_request, status

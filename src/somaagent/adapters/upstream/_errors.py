@@ -12,6 +12,8 @@ __all__ = ["ErrorKind", "UpstreamError"]
 ErrorKind = Literal["connect", "timeout", "http", "protocol"]
 
 _MAX_MESSAGE = 300
+# Statuses that blame the request's own content (size, syntax, values).
+_REQUEST_FAULTS = frozenset({400, 411, 413, 414, 415, 422, 431})
 # How upstreams say "the prompt and max_tokens do not fit my context window": llama-server's
 # error type, OpenAI's error code; vLLM says it in the message only.
 _CONTEXT_CODES = frozenset({"exceed_context_size_error", "context_length_exceeded"})
@@ -41,13 +43,10 @@ class UpstreamError(Exception):
 
     @property
     def rejects_request(self) -> bool:
-        """A 4xx about the request itself (not 408/409/429): another model would refuse too."""
-        return (
-            self.kind == "http"
-            and self.status is not None
-            and 400 <= self.status < 500
-            and self.status not in (408, 409, 429)
-        )
+        """A 4xx about the request itself: another model would refuse it too, and the
+        upstream is healthy. Not 401/402/403/404/407 (the gateway's own credentials, account
+        or configuration: another upstream may serve) nor 408/409/429 (they pass)."""
+        return self.kind == "http" and self.status in _REQUEST_FAULTS
 
     @property
     def exceeds_context(self) -> bool:
