@@ -18,6 +18,7 @@ from somaagent.stack import Supervisor
 from tests.conftest import private_stack
 from tests.e2e.gateway_support import PRIMARY, REPLICA, catalog_with_replica, running_gateway
 from tests.e2e.test_chat_gateway import client, events_for
+from tests.e2e.test_chat_signals import developer_key, streamed
 from tests.integration.telemetry_support import wait_until
 
 
@@ -97,3 +98,36 @@ def test_too_long_for_one_model_goes_to_one_with_a_larger_window(
         tree = json.loads(str(answered["decision_tree"]))
         assert [a["model_id"] for a in tree["attempts"]] == [PRIMARY, REPLICA]
         assert tree["attempts"][0]["status"] == 400
+
+
+@pytest.fixture()
+def small_escalation() -> Iterator[Supervisor]:
+    """An escalation llama-server of this test's own that serves a 512-token window."""
+    with private_stack("context-esc", 27600, ["model-escalation"], SOMA_MODEL_CONTEXT="512") as s:
+        yield s
+
+
+def test_a_deferred_answer_is_relayed_when_the_escalation_model_refuses_the_request(
+    stack: Settings, small_escalation: Supervisor, pipeline: tuple[Container, dict[str, str]]
+) -> None:
+    worker, env = pipeline
+    session = f"ctx-defer-{uuid.uuid4().hex[:8]}"
+    small = {
+        "ESCALATION_ENABLED": "true",
+        "SOMA_ESCALATION_MODEL_URL": small_escalation.settings.url("escalation_model_url"),
+    }
+    defer = asking(session, 700, extra_body={"grammar": 'root ::= "defer"'})
+    with running_gateway({**env, **small}) as gw:
+        sdk = client(gw, developer_key(stack))
+        plain = sdk.chat.completions.with_raw_response.create(**defer)
+        assert plain.headers["x-soma-model"] == PRIMARY
+        assert plain.parse().choices[0].message.content == "defer"
+        text, headers = streamed(sdk, defer)
+        assert (headers["x-soma-model"], text) == (PRIMARY, "defer")
+    assert wait_until(lambda: len(events_for(worker, "escalation_metrics", session)) == 2)
+    assert {r["outcome"] for r in events_for(worker, "escalation_metrics", session)} == {"error"}
+    assert wait_until(lambda: len(events_for(worker, "slm_metrics", session)) == 2)
+    for row in events_for(worker, "slm_metrics", session):
+        tree = json.loads(str(row["decision_tree"]))
+        assert tree["escalation_failed"] is True
+        assert [a.get("status") for a in tree["attempts"]] == ["ok", 400]

@@ -373,7 +373,7 @@ class ChatService:
                 await self.settle(adm, entry, records[-1])
                 self.end_if_refused(
                     exc, entry, candidates, records, caller=caller, ctx=ctx, request=request,
-                    tree=tree, adm=adm,
+                    tree=tree, adm=adm, answered=deferred is not None,
                 )  # fmt: skip
                 if await self.retries(entry, exc, attempts, failures):
                     candidates.insert(0, entry)
@@ -606,12 +606,15 @@ class ChatService:
         request: ChatRequest,
         tree: dict[str, Any],
         adm: Admission | None,
+        answered: bool = False,
     ) -> None:
         """End the request when the upstream refused the request itself, as any other model
         would: account for the attempts so far and raise the client's error (:func:`rejected`).
         Only a request too long for ``entry``'s context window goes on, if ``rest`` (the
-        candidates left, which then keeps only these) has a model with a larger window."""
-        if not exc.rejects_request:
+        candidates left, which then keeps only these) has a model with a larger window. When
+        the request is ``answered`` already (the primary's answer that deferred), it goes on
+        and that answer is relayed if no escalation model takes it."""
+        if not exc.rejects_request or answered:
             return
         if exc.exceeds_context:
             rest[:] = [e for e in rest if e.context_window > entry.context_window]

@@ -116,7 +116,7 @@ async def _connect(
                 await service.settle(adm, entry, failed[-1])
                 service.end_if_refused(
                     error, entry, queue, failed, caller=caller, ctx=ctx, request=request,
-                    tree=tree, adm=adm,
+                    tree=tree, adm=adm, answered=deferred is not None,
                 )  # fmt: skip
                 if await service.retries(entry, error, attempts, failures):
                     queue.insert(0, entry)
