@@ -28,9 +28,12 @@ __all__ = [
 
 
 def gpu_ms_of(measurements: Measurements) -> float:
-    """The upstream's own compute time when it reports it, else measured wall time."""
+    """The upstream's own compute time when it reports it, else measured wall time. Never
+    more than the wall time: the upstream's work happened inside the call, so a larger
+    figure is the upstream's error, and would be billed as GPU time."""
     value = measurements.compute_ms
-    return round(value if value is not None else measurements.latency_ms, 3)
+    wall = measurements.latency_ms
+    return round(wall if value is None else min(value, wall), 3)
 
 
 def price(rates: RateBook, entry: ModelEntry, usage: Usage, gpu_ms: float) -> tuple[Decimal, str]:

@@ -21,7 +21,7 @@ from somaagent.adapters.upstream import (
 )
 from somaagent.domain.budgets import BudgetUnavailable
 from somaagent.domain.chat_request import ChatRequest, RequestError
-from somaagent.domain.events import Codec, Event
+from somaagent.domain.events import Codec, ContractError, Event
 from somaagent.domain.identity import Caller, RequestContext
 from somaagent.domain.money import exact_sum
 from somaagent.domain.ratecards import RateBook
@@ -246,10 +246,20 @@ class ChatService:
     def emit(self, events: list[Event]) -> None:
         """Validate and durably publish (the spool makes this safe without a broker)."""
         records = [
-            (self.topic_for_event_type[e.event_type], e.tenant.encode(), self.codec.encode(e))
+            (self.topic_for_event_type[e.event_type], e.tenant.encode(), self._encoded(e))
             for e in events
         ]
         self.publisher.publish_many(records)
+
+    def _encoded(self, event: Event) -> bytes:
+        try:
+            return self.codec.encode(event)
+        except ContractError as exc:
+            # A bug, or an upstream's figures the adapter let through: the call's record is
+            # kept anyway. The worker dead-letters it with the reason (the DeadLetterGrowth
+            # alert, ``soma_dead_letters_total``), instead of the call failing unaccounted.
+            log.error("%s event %s breaks the contract: %s", event.event_type, event.event_id, exc)
+            return self.codec.encode_unchecked(event)
 
     def account(
         self,

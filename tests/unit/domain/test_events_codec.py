@@ -212,3 +212,18 @@ def test_timestamps_are_utc_microseconds_with_z() -> None:
     assert format_timestamp(moment) == "2025-01-31T12:00:00.000005Z"
     with pytest.raises(ValueError, match="naive"):
         format_timestamp(datetime(2025, 1, 31))
+
+
+def test_an_event_that_breaks_the_contract_can_still_be_kept_for_the_dead_letters(
+    codec: Codec,
+) -> None:
+    """The gateway publishes such an event unchecked (a bug, or an upstream's figures): the
+    consumer's decode then refuses it with the same reason, and dead-letters it."""
+    event = msgspec.structs.replace(examples()[0], queue_delay_ms=-0.5)
+    with pytest.raises(ContractError) as produced:
+        codec.encode(event)
+    data = codec.encode_unchecked(event)
+    with pytest.raises(ContractError) as consumed:
+        codec.decode(data)
+    assert "queue_delay_ms" in produced.value.reason
+    assert consumed.value.reason == produced.value.reason

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -172,6 +173,12 @@ def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _count(value: object) -> int | None:
+    """A token count as an upstream reports it, if it is one (a non-negative integer)."""
+    number = _int(value)
+    return number if number is not None and number >= 0 else None
+
+
 def choice_index(choice: Mapping[str, Any], position: int) -> int:
     """A choice's ``index``, or its position when the upstream left it out."""
     index = _int(choice.get("index"))
@@ -182,11 +189,11 @@ def cached_tokens(usage: object, timings: object) -> int | None:
     """``usage.prompt_tokens_details.cached_tokens``, else llama-server's ``timings.cache_n``."""
     if isinstance(usage, Mapping):
         details = usage.get("prompt_tokens_details")
-        cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else None
+        cached = _count(details.get("cached_tokens")) if isinstance(details, Mapping) else None
         if cached is not None:
             return cached
     if isinstance(timings, Mapping):
-        return _int(timings.get("cache_n"))
+        return _count(timings.get("cache_n"))
     return None
 
 
@@ -196,8 +203,10 @@ def compute_ms(timings: object) -> float | None:
         return None
     prompt, predicted = timings.get("prompt_ms"), timings.get("predicted_ms")
     if isinstance(prompt, int | float) and isinstance(predicted, int | float):
-        return float(prompt) + float(predicted)
-    return None
+        total = float(prompt) + float(predicted)
+        if math.isfinite(total) and prompt >= 0 and predicted >= 0:
+            return total
+    return None  # none, or not a duration: the call's measured time stands in
 
 
 def reported_usage(usage: object, timings: object) -> Usage | None:
@@ -209,17 +218,19 @@ def reported_usage(usage: object, timings: object) -> Usage | None:
     """
     cached = cached_tokens(usage, timings)
     if isinstance(usage, Mapping):
-        prompt, completion = _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
+        prompt = _count(usage.get("prompt_tokens"))
+        completion = _count(usage.get("completion_tokens"))
         if prompt is not None and completion is not None:
             return Usage(
                 prompt_tokens=prompt,
                 completion_tokens=completion,
-                cached_tokens=cached,
+                # More cached than prompt tokens is no count of either: priced as uncached.
+                cached_tokens=cached if cached is None or cached <= prompt else None,
                 source="reported",
                 method="usage",
             )
     if isinstance(timings, Mapping):
-        fresh, predicted = _int(timings.get("prompt_n")), _int(timings.get("predicted_n"))
+        fresh, predicted = _count(timings.get("prompt_n")), _count(timings.get("predicted_n"))
         if fresh is not None and predicted is not None:
             return Usage(
                 prompt_tokens=fresh + (cached or 0),

@@ -110,6 +110,14 @@ class Codec:
         self._validate(data, self._check.decoder)
         return data
 
+    def encode_unchecked(self, event: Event) -> bytes:
+        """Serialise ``event`` without the contract check, for an event that failed it: the
+        consumer then dead-letters it with the reason, so it is kept, not dropped."""
+        try:
+            return self._encoder.encode(event)
+        except (TypeError, NotImplementedError, msgspec.EncodeError) as exc:
+            raise ContractError(f"not encodable: {exc}") from None
+
     def new_event_id(self) -> str:
         """A UUIDv7 greater than every id this codec returned before."""
         with self._id_lock:
