@@ -120,6 +120,18 @@ def rejected(exc: UpstreamError, entry: ModelEntry) -> RequestError:
     return RequestError(status, f"upstream rejected the request: {exc}", code="upstream_rejected")
 
 
+@dataclass(slots=True)
+class Turn:
+    """One request on its way through its attempts: what accounting for it needs."""
+
+    request: ChatRequest
+    caller: Caller
+    ctx: RequestContext
+    tree: dict[str, Any]  # the events' decision tree (router, policy verdict, attempts)
+    attempts: list[dict[str, Any]]  # ``tree["attempts"]``: one entry per attempt
+    adm: Admission | None
+
+
 @dataclass
 class ChatService:
     """The chat use case; every collaborator is passed in by ``bootstrap``."""
@@ -263,25 +275,22 @@ class ChatService:
 
     def account(
         self,
+        turn: Turn,
         records: list[CallRecord],
         *,
-        caller: Caller,
-        ctx: RequestContext,
-        request: ChatRequest,
-        tree: dict[str, Any],
         streaming_ms: float = 0.0,
         interrupted: bool = False,
-        adm: Admission | None = None,
     ) -> None:
         """Emit the request's events in one publish: its policy verdict (held back by the
         admission), one event per attempt and the conversation event."""
+        ctx, request, adm = turn.ctx, turn.request, turn.adm
         events: list[Event] = adm.take_events() if adm is not None else []
         events += [
             call_event(
                 r,
                 ctx=ctx,
                 request=request,
-                decision_tree=tree,
+                decision_tree=turn.tree,
                 deployment_mode=self.deployment_mode,
                 producer=self.producer,
             )
@@ -304,7 +313,7 @@ class ChatService:
         )
         with self.tracing.span("telemetry.publish", {"soma.events": len(events)}):
             self.emit(events)
-        self._observe(records, caller)
+        self._observe(records, turn.caller)
 
     def _observe(self, records: list[CallRecord], caller: Caller) -> None:
         if self.metrics is not None:
@@ -350,14 +359,15 @@ class ChatService:
         candidates: list[ModelEntry],
         gone: Callable[[], bool] | None = None,
     ) -> ChatOutcome:
-        tree, attempts = self.new_tree(decision, adm)
+        turn = self.new_turn(request, caller, ctx, decision, adm)
+        tree, attempts = turn.tree, turn.attempts
         records: list[CallRecord] = []
         reason: str = decision.reason
         deferred: tuple[dict[str, Any], Usage, CallRecord] | None = None
         failures: dict[str, int] = {}
         while candidates:
             if gone is not None and gone():  # nobody waits for this answer any more
-                self.left(records, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm)
+                self.left(turn, records)
             entry = candidates.pop(0)
             up = self.upstreams[entry.model_id]
             if not await self.may_try(adm, entry, attempts):
@@ -382,9 +392,8 @@ class ChatService:
                 )
                 await self.settle(adm, entry, records[-1])
                 self.end_if_refused(
-                    exc, entry, candidates, records, caller=caller, ctx=ctx, request=request,
-                    tree=tree, adm=adm, answered=deferred is not None,
-                )  # fmt: skip
+                    turn, records, exc, entry, candidates, answered=deferred is not None
+                )
                 if await self.retries(entry, exc, attempts, failures):
                     candidates.insert(0, entry)
                 else:
@@ -410,23 +419,26 @@ class ChatService:
             notice = self.notice(record, caller)
             if notice:
                 tree["escalation_notice"] = notice
-            self.account(records, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm)
+            self.account(turn, records)
             return self._answer(result.body, usage, record, records, adm, notice)
-        return self.exhausted(
-            records, attempts, deferred, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm
-        )
+        return self.exhausted(turn, records, deferred)
 
     @staticmethod
-    def new_tree(
-        decision: Decision, adm: Admission | None
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The event's decision tree (router + policy verdict) and its attempts list."""
+    def new_turn(
+        request: ChatRequest,
+        caller: Caller,
+        ctx: RequestContext,
+        decision: Decision,
+        adm: Admission | None,
+    ) -> Turn:
+        """The request's turn, with the events' decision tree (router + policy verdict) and
+        its empty attempts list."""
         tree = decision.decision_tree()
         if adm is not None:
             tree["policy"] = {"verdict": adm.verdict.action, "reasons": list(adm.verdict.reasons)}
         attempts: list[dict[str, Any]] = []
         tree["attempts"] = attempts
-        return tree, attempts
+        return Turn(request, caller, ctx, tree, attempts, adm)
 
     async def may_try(
         self, adm: Admission | None, entry: ModelEntry, attempts: list[dict[str, Any]]
@@ -504,60 +516,33 @@ class ChatService:
 
     def exhausted(
         self,
+        turn: Turn,
         records: list[CallRecord],
-        attempts: list[dict[str, Any]],
         deferred: tuple[dict[str, Any], Usage, CallRecord] | None,
-        *,
-        caller: Caller,
-        ctx: RequestContext,
-        request: ChatRequest,
-        tree: dict[str, Any],
-        adm: Admission | None = None,
     ) -> ChatOutcome:
         """No candidate answered: the deferring primary's answer if there is one, else 503."""
         if deferred is not None:
             # The escalation failed: the primary's own answer is better than none.
             body, deferred_usage, answered = deferred
             answered.status = "ok"
-            tree["escalation_failed"] = True
-            self.account(records, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm)
-            return self._answer(body, deferred_usage, answered, records, adm, None)
-        self.all_failed(
-            records, attempts, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm
-        )
+            turn.tree["escalation_failed"] = True
+            self.account(turn, records)
+            return self._answer(body, deferred_usage, answered, records, turn.adm, None)
+        self.all_failed(turn, records)
 
-    def left(
-        self,
-        records: list[CallRecord],
-        *,
-        caller: Caller,
-        ctx: RequestContext,
-        request: ChatRequest,
-        tree: dict[str, Any],
-        adm: Admission | None = None,
-    ) -> NoReturn:
+    def left(self, turn: Turn, records: list[CallRecord]) -> NoReturn:
         """The client left before an attempt: account for those made (if any), the turn
         as interrupted, and end the call (``ClientGone``)."""
-        self.account(
-            records, caller=caller, ctx=ctx, request=request, tree=tree, interrupted=True, adm=adm
-        )
+        self.account(turn, records, interrupted=True)
         raise ClientGone()
 
-    def all_failed(
-        self,
-        records: list[CallRecord],
-        attempts: list[dict[str, Any]],
-        *,
-        caller: Caller,
-        ctx: RequestContext,
-        request: ChatRequest,
-        tree: dict[str, Any],
-        adm: Admission | None = None,
-    ) -> NoReturn:
+    def all_failed(self, turn: Turn, records: list[CallRecord]) -> NoReturn:
         """Account for the failed attempts and answer 503 naming each one."""
-        self.account(records, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm)
+        self.account(turn, records)
         tried = (
-            ", ".join(f"{a['model_id']}: {a.get('error') or a.get('skipped')}" for a in attempts)
+            ", ".join(
+                f"{a['model_id']}: {a.get('error') or a.get('skipped')}" for a in turn.attempts
+            )
             or "no live upstream"
         )
         raise RequestError(
@@ -606,16 +591,12 @@ class ChatService:
 
     def end_if_refused(
         self,
+        turn: Turn,
+        records: list[CallRecord],
         exc: UpstreamError,
         entry: ModelEntry,
         rest: list[ModelEntry],
-        records: list[CallRecord],
         *,
-        caller: Caller,
-        ctx: RequestContext,
-        request: ChatRequest,
-        tree: dict[str, Any],
-        adm: Admission | None,
         answered: bool = False,
     ) -> None:
         """End the request when the upstream refused the request itself, as any other model
@@ -630,7 +611,7 @@ class ChatService:
             rest[:] = [e for e in rest if e.context_window > entry.context_window]
             if rest:
                 return
-        self.account(records, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm)
+        self.account(turn, records)
         raise rejected(exc, entry) from None
 
     def failed_attempt(

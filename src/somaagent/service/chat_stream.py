@@ -36,7 +36,7 @@ from somaagent.domain.routing import Decision, ModelEntry
 from somaagent.domain.routing.signals import signal_pending, upstream_signal
 from somaagent.service.admission import Admission
 from somaagent.service.call_events import CallRecord
-from somaagent.service.chat import ChatService, route_headers
+from somaagent.service.chat import ChatService, Turn, route_headers
 
 __all__ = ["StreamBody", "open_stream"]
 
@@ -79,7 +79,7 @@ async def _connect(
     adm: Admission | None,
     candidates: list[ModelEntry],
 ) -> tuple[dict[str, str], StreamBody]:
-    tree, attempts = service.new_tree(decision, adm)
+    turn = service.new_turn(request, caller, ctx, decision, adm)
     failed: list[CallRecord] = []
     reason: str = decision.reason
     queue = list(candidates)
@@ -90,11 +90,9 @@ async def _connect(
         while queue:
             entry = queue.pop(0)
             up = service.upstreams[entry.model_id]
-            if not await service.may_try(adm, entry, attempts):
+            if not await service.may_try(adm, entry, turn.attempts):
                 continue
-            state = current = _Stream(
-                service, request, caller, ctx, entry, tree, failed, reason, received
-            )
+            state = current = _Stream(service, turn, entry, failed, reason, received)
             upstream = state.start(adm)
             try:
                 first = await upstream.__anext__()
@@ -110,26 +108,25 @@ async def _connect(
                 timeout_s = service.timeout(adm, entry)
                 failed.append(
                     service.failed_attempt(
-                        entry, error, attempts, state.started, received, reason, timeout_s
+                        entry, error, turn.attempts, state.started, received, reason, timeout_s
                     )
                 )
                 await service.settle(adm, entry, failed[-1])
                 service.end_if_refused(
-                    error, entry, queue, failed, caller=caller, ctx=ctx, request=request,
-                    tree=tree, adm=adm, answered=deferred is not None,
-                )  # fmt: skip
-                if await service.retries(entry, error, attempts, failures):
+                    turn, failed, error, entry, queue, answered=deferred is not None
+                )
+                if await service.retries(entry, error, turn.attempts, failures):
                     queue.insert(0, entry)
                 else:
                     reason = "fallback"
                 continue
             up.breaker.record_success(service.clock())
             state.attempt = {"model_id": entry.model_id, "status": "ok"}
-            attempts.append(state.attempt)
+            turn.attempts.append(state.attempt)
             head = _Head([first])
             if deferred is None and entry.tier != "escalation" and service.flags.escalation_enabled:
                 signal = await head.peek(upstream, state.acc)
-                escalation = service.escalate_on(signal, entry, request, caller, tree)
+                escalation = service.escalate_on(signal, entry, request, caller, turn.tree)
                 if escalation is not None:
                     deferred = await _Deferred.take(state, head, upstream)
                     current = None
@@ -139,25 +136,15 @@ async def _connect(
             current = None
             return _headers(service, entry, adm), StreamBody(state, head, upstream)
     except asyncio.CancelledError:
-        _cut_short(service, current, failed, attempts, request, caller, ctx, tree, adm)
+        _cut_short(service, current, failed, turn)
         raise
     if deferred is not None:
         return deferred.relay()
-    service.all_failed(
-        failed, attempts, caller=caller, ctx=ctx, request=request, tree=tree, adm=adm
-    )
+    service.all_failed(turn, failed)
 
 
 def _cut_short(
-    service: ChatService,
-    current: _Stream | None,
-    failed: list[CallRecord],
-    attempts: list[dict[str, Any]],
-    request: ChatRequest,
-    caller: Caller,
-    ctx: RequestContext,
-    tree: dict[str, Any],
-    adm: Admission | None,
+    service: ChatService, current: _Stream | None, failed: list[CallRecord], turn: Turn
 ) -> None:
     """The opening was cancelled (the client left before the answer started: a long
     prompt's prefill, a retry's back-off, a head held back while it could be a signal).
@@ -168,24 +155,16 @@ def _cut_short(
         if current.attempt is not None:
             current.attempt["status"] = "interrupted"
         else:
-            attempts.append({"model_id": current.entry.model_id, "status": "interrupted"})
+            turn.attempts.append({"model_id": current.entry.model_id, "status": "interrupted"})
         assert current.upstream is not None  # set as the attempt started
         current.abandon(current.upstream)
         return
 
     async def account() -> None:
         try:
-            service.account(
-                failed,
-                caller=caller,
-                ctx=ctx,
-                request=request,
-                tree=tree,
-                interrupted=True,
-                adm=adm,
-            )
+            service.account(turn, failed, interrupted=True)
         finally:
-            await service.finish(adm)
+            await service.finish(turn.adm)
 
     _in_background(service, account())
 
@@ -305,21 +284,24 @@ class _Stream:
     def __init__(
         self,
         service: ChatService,
-        request: ChatRequest,
-        caller: Caller,
-        ctx: RequestContext,
+        turn: Turn,
         entry: ModelEntry,
-        tree: dict[str, Any],
         failed: list[CallRecord],
         reason: str,
         received: float,
     ) -> None:
-        self.service, self.request, self.caller, self.ctx = service, request, caller, ctx
-        self.entry, self.tree, self.failed, self.reason = entry, tree, failed, reason
+        self.service, self.turn = service, turn
+        self.request, self.caller, self.ctx, self.tree = (
+            turn.request,
+            turn.caller,
+            turn.ctx,
+            turn.tree,
+        )
+        self.entry, self.failed, self.reason = entry, failed, reason
         self.received = received
         self.started = time.perf_counter()
         self.acc = StreamAccumulator()
-        self.body = request.upstream_body(entry.model_id)
+        self.body = turn.request.upstream_body(entry.model_id)
         self.upstream: AsyncGenerator[StreamEvent, None] | None = None
         self.adm: Admission | None = None
         self.span: Any = None
@@ -437,14 +419,10 @@ class _Stream:
         records = [*self.failed, record]
         self.context.run(
             service.account,
+            self.turn,
             records,
-            caller=self.caller,
-            ctx=self.ctx,
-            request=self.request,
-            tree=self.tree,
             streaming_ms=summary.measurements.latency_ms,
             interrupted=interrupted,
-            adm=self.adm,
         )
         chunk = b""
         if usage is not None and summary.usage is None and self.request.include_usage:
