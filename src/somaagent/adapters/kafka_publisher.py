@@ -290,14 +290,10 @@ class KafkaPublisher:
                         self.stats.degraded_since = None
                         return
                 continue
-            for record in batch:
-                while not self._produce(record.seq, record.topic, record.key, record.value):
-                    self._serve(0.05)
-                self.stats.replayed += 1
-                last = record.seq
-            unsent = self._producer.flush(15)
-            self._ack_delivered()
-            if unsent > 0 or self._fatal.is_set():
+            flushed = self._resend([(r.seq, r.topic, r.key, r.value) for r in batch])
+            self.stats.replayed += len(batch)
+            last = batch[-1].seq
+            if not flushed:
                 return  # broker went away again; stay degraded and retry later
             if self._failed_since_replay(batch):
                 return  # some deliveries failed again; stay degraded
@@ -306,13 +302,20 @@ class KafkaPublisher:
         """Hand the held records to the producer and wait for them: True if all were taken."""
         with self._held_lock:
             held = list(self._held.items())
-        for held_id, (topic, key, value) in held:
-            while not self._produce(held_id, topic, key, value):
+        flushed = self._resend([(held_id, *record) for held_id, record in held])
+        with self._held_lock:
+            return flushed and not any(held_id in self._held for held_id, _r in held)
+
+    def _resend(self, records: list[tuple[int, str, bytes, bytes]]) -> bool:
+        """Produce ``(id, topic, key, value)`` records (waiting while the client's queue is
+        full), then wait for their delivery reports: False if some were still unsent after
+        15 s or the client failed for good."""
+        for seq, topic, key, value in records:
+            while not self._produce(seq, topic, key, value):
                 self._serve(0.05)
         unsent = self._producer.flush(15)
         self._ack_delivered()
-        with self._held_lock:
-            return unsent == 0 and not any(held_id in self._held for held_id, _r in held)
+        return unsent == 0 and not self._fatal.is_set()
 
     def _failed_since_replay(self, batch: list[Any]) -> bool:
         pending = {r.seq for r in self.spool.pending(limit=len(batch) + 1)}

@@ -128,8 +128,13 @@ class Turn:
     caller: Caller
     ctx: RequestContext
     tree: dict[str, Any]  # the events' decision tree (router, policy verdict, attempts)
-    attempts: list[dict[str, Any]]  # ``tree["attempts"]``: one entry per attempt
     adm: Admission | None
+
+    @property
+    def attempts(self) -> list[dict[str, Any]]:
+        """The tree's ``attempts``: one entry per attempt, appended as they are made."""
+        attempts: list[dict[str, Any]] = self.tree["attempts"]
+        return attempts
 
 
 @dataclass
@@ -436,9 +441,8 @@ class ChatService:
         tree = decision.decision_tree()
         if adm is not None:
             tree["policy"] = {"verdict": adm.verdict.action, "reasons": list(adm.verdict.reasons)}
-        attempts: list[dict[str, Any]] = []
-        tree["attempts"] = attempts
-        return Turn(request, caller, ctx, tree, attempts, adm)
+        tree["attempts"] = []
+        return Turn(request, caller, ctx, tree, adm)
 
     async def may_try(
         self, adm: Admission | None, entry: ModelEntry, attempts: list[dict[str, Any]]

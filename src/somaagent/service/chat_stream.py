@@ -249,7 +249,7 @@ class _Deferred:
         state.failed.remove(self.record)
         self.record.status = "ok"
         state.recorded = (self.record, self.usage)
-        state.tree["escalation_failed"] = True
+        state.turn.tree["escalation_failed"] = True
         headers = _headers(state.service, state.entry, state.adm)
         return headers, StreamBody(state, self.head, self.upstream)
 
@@ -291,12 +291,6 @@ class _Stream:
         received: float,
     ) -> None:
         self.service, self.turn = service, turn
-        self.request, self.caller, self.ctx, self.tree = (
-            turn.request,
-            turn.caller,
-            turn.ctx,
-            turn.tree,
-        )
         self.entry, self.failed, self.reason = entry, failed, reason
         self.received = received
         self.started = time.perf_counter()
@@ -318,12 +312,12 @@ class _Stream:
         service, entry = self.service, self.entry
         self.adm = adm
         self.span = service.tracing.start(
-            f"chat {entry.model_id}", service.span_attributes(entry, self.request)
+            f"chat {entry.model_id}", service.span_attributes(entry, self.turn.request)
         )
         self.upstream = service.upstreams[entry.model_id].client.stream(
             self.body,
             timeout_s=service.timeout(adm, entry),
-            traceparent=service.tracing.traceparent(self.span, self.ctx.trace.traceparent),
+            traceparent=service.tracing.traceparent(self.span, self.turn.ctx.trace.traceparent),
             accumulator=self.acc,
         )
         return self.upstream
@@ -387,7 +381,7 @@ class _Stream:
         _in_background(self.service, self._interrupted(upstream))
 
     def _forward(self, chunk: StreamChunk) -> bytes:
-        if chunk.usage_only and not self.request.include_usage:
+        if chunk.usage_only and not self.turn.request.include_usage:
             return b""
         return chunk.sse()
 
@@ -413,9 +407,9 @@ class _Stream:
             record, usage = self.recorded
             if interrupted:  # a relayed answer, accounted when it was read, cut short
                 record.status = "interrupted"
-        notice = service.notice(record, self.caller) if record.status == "ok" else None
+        notice = service.notice(record, self.turn.caller) if record.status == "ok" else None
         if notice:
-            self.tree["escalation_notice"] = notice
+            self.turn.tree["escalation_notice"] = notice
         records = [*self.failed, record]
         self.context.run(
             service.account,
@@ -425,7 +419,7 @@ class _Stream:
             interrupted=interrupted,
         )
         chunk = b""
-        if usage is not None and summary.usage is None and self.request.include_usage:
+        if usage is not None and summary.usage is None and self.turn.request.include_usage:
             payload = {
                 "id": "chatcmpl-usage",
                 "object": "chat.completion.chunk",
