@@ -37,8 +37,7 @@ def test_primary_stopped_mid_test_falls_back_to_the_replica(
         max_tokens=8,
         extra_headers={"X-Soma-Session-Id": session},
     )
-    with running_gateway({**env, "SOMA_CATALOG_FILE": str(path)}) as gw:
-        sdk = client(gw)
+    with running_gateway({**env, "SOMA_CATALOG_FILE": str(path)}) as gw, client(gw) as sdk:
         first = sdk.chat.completions.with_raw_response.create(**ask)  # type: ignore[call-overload]
         assert first.headers["x-soma-model"] == "smollm2-135m-instruct"
         own_primary.down(only=["model-primary"])

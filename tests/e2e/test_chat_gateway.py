@@ -50,8 +50,7 @@ def test_non_streaming_and_streaming_record_the_same_tokens(
 ) -> None:
     worker, env = pipeline
     session = f"e2e-{uuid.uuid4().hex[:8]}"
-    with running_gateway(env) as gw:
-        sdk = client(gw)
+    with running_gateway(env) as gw, client(gw) as sdk:
         kwargs = dict(
             model="smollm2-135m-instruct",
             messages=[
@@ -118,23 +117,27 @@ def test_escalation_by_flag_and_persona(
     ask = dict(
         model="auto", messages=[{"role": "user", "content": COMPLEX}], max_tokens=8, temperature=0.7
     )
-    with running_gateway({**env, "ESCALATION_ENABLED": "true"}) as gw:
-        dev = client(gw, dev_key).chat.completions.with_raw_response.create(**ask)  # type: ignore[call-overload]
+    with (
+        running_gateway({**env, "ESCALATION_ENABLED": "true"}) as gw,
+        client(gw, dev_key) as dev_sdk,
+        client(gw, support_key) as support_sdk,
+    ):
+        dev = dev_sdk.chat.completions.with_raw_response.create(**ask)  # type: ignore[call-overload]
         assert dev.headers["x-soma-model"] == "qwen2.5-coder-0.5b-instruct"
         assert dev.headers["x-soma-escalated"] == "true"
-        support = client(gw, support_key).chat.completions.with_raw_response.create(**ask)  # type: ignore[call-overload]
+        support = support_sdk.chat.completions.with_raw_response.create(**ask)  # type: ignore[call-overload]
         assert support.headers["x-soma-model"] == "smollm2-135m-instruct"
-        models = {m.id for m in client(gw, support_key).models.list()}
+        models = {m.id for m in support_sdk.models.list()}
         assert "qwen2.5-coder-0.5b-instruct" not in models
         # models.retrieve: a model the persona may not use does not exist for it.
-        coder = client(gw, dev_key).models.retrieve("qwen2.5-coder-0.5b-instruct")
+        coder = dev_sdk.models.retrieve("qwen2.5-coder-0.5b-instruct")
         assert coder.id == "qwen2.5-coder-0.5b-instruct" and coder.object == "model"
         with pytest.raises(openai.NotFoundError) as hidden:
-            client(gw, support_key).models.retrieve("qwen2.5-coder-0.5b-instruct")
+            support_sdk.models.retrieve("qwen2.5-coder-0.5b-instruct")
         assert hidden.value.code == "model_not_found"
         assert "does not exist" in hidden.value.message
-    with running_gateway(env) as gw:  # ESCALATION_ENABLED defaults to false
-        off = client(gw, dev_key).chat.completions.with_raw_response.create(**ask)  # type: ignore[call-overload]
+    with running_gateway(env) as gw, client(gw, dev_key) as dev_sdk:  # no ESCALATION_ENABLED
+        off = dev_sdk.chat.completions.with_raw_response.create(**ask)  # type: ignore[call-overload]
         assert off.headers["x-soma-model"] == "smollm2-135m-instruct"
 
 

@@ -56,12 +56,12 @@ def test_an_upstream_that_comes_up_late_answers_through_retries(
         "SOMA_UPSTREAM_RETRIES": "4",  # 0.25 + 0.5 + 1 + 2 s: under the breaker's 5 failures
         "SOMA_UPSTREAM_RETRY_BACKOFF_MS": "250",
     }
-    with running_gateway({**env, **retries}) as gw:
+    with running_gateway({**env, **retries}) as gw, client(gw) as sdk:
         starter = threading.Timer(0.1, lambda: late_primary.up(only=["model-primary"]))
         began = time.monotonic()
         starter.start()
         try:
-            answer = client(gw).chat.completions.with_raw_response.create(  # type: ignore[call-overload]
+            answer = sdk.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
                 model="auto",
                 messages=[{"role": "user", "content": "Say hi."}],
                 max_tokens=8,

@@ -60,8 +60,7 @@ def test_a_defer_answer_escalates_streamed_and_not(
     worker, env = pipeline
     key = developer_key(stack)
     session = f"defer-{uuid.uuid4().hex[:8]}"
-    with running_gateway({**env, "ESCALATION_ENABLED": "true"}) as gw:
-        sdk = client(gw, key)
+    with running_gateway({**env, "ESCALATION_ENABLED": "true"}) as gw, client(gw, key) as sdk:
         plain = sdk.chat.completions.with_raw_response.create(**ask(session, 'root ::= "defer"'))
         assert plain.headers["x-soma-model"] == ESCALATION
         assert plain.headers["x-soma-escalated"] == "true"
@@ -98,8 +97,7 @@ def test_when_no_escalation_model_answers_the_primarys_own_answer_is_relayed(
     session = f"defer-down-{uuid.uuid4().hex[:8]}"
     dead_url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     dead = {"ESCALATION_ENABLED": "true", "SOMA_ESCALATION_MODEL_URL": dead_url}
-    with running_gateway({**env, **dead}) as gw:
-        sdk = client(gw, key)
+    with running_gateway({**env, **dead}) as gw, client(gw, key) as sdk:
         plain = sdk.chat.completions.with_raw_response.create(**ask(session, 'root ::= "defer"'))
         assert plain.headers["x-soma-model"] == PRIMARY
         assert plain.parse().choices[0].message.content == "defer"

@@ -38,8 +38,7 @@ def test_too_long_for_every_model_is_a_400_and_never_opens_the_circuit(
 ) -> None:
     worker, env = pipeline
     session = f"ctx-{uuid.uuid4().hex[:8]}"
-    with running_gateway(env) as gw:
-        sdk = client(gw)
+    with running_gateway(env) as gw, client(gw) as sdk:
         for n in range(7):  # the breaker opens after 5 consecutive failures
             with pytest.raises(openai.BadRequestError) as refused:
                 if n % 2:
@@ -72,8 +71,7 @@ def test_too_long_for_one_model_goes_to_one_with_a_larger_window(
     url = small_primary.settings.url("primary_model_url")
     catalog_with_replica(stack, path, url, context_window=512)
     session = f"ctx-fb-{uuid.uuid4().hex[:8]}"
-    with running_gateway({**env, "SOMA_CATALOG_FILE": str(path)}) as gw:
-        sdk = client(gw)
+    with running_gateway({**env, "SOMA_CATALOG_FILE": str(path)}) as gw, client(gw) as sdk:
         short = sdk.chat.completions.with_raw_response.create(**asking(session, 5))
         assert short.headers["x-soma-model"] == PRIMARY
         long = sdk.chat.completions.with_raw_response.create(**asking(session, 700))
@@ -117,8 +115,7 @@ def test_a_deferred_answer_is_relayed_when_the_escalation_model_refuses_the_requ
         "SOMA_ESCALATION_MODEL_URL": small_escalation.settings.url("escalation_model_url"),
     }
     defer = asking(session, 700, extra_body={"grammar": 'root ::= "defer"'})
-    with running_gateway({**env, **small}) as gw:
-        sdk = client(gw, developer_key(stack))
+    with running_gateway({**env, **small}) as gw, client(gw, developer_key(stack)) as sdk:
         plain = sdk.chat.completions.with_raw_response.create(**defer)
         assert plain.headers["x-soma-model"] == PRIMARY
         assert plain.parse().choices[0].message.content == "defer"

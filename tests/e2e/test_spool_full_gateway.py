@@ -38,8 +38,11 @@ def test_a_full_spool_disk_refuses_new_calls_and_loses_no_event(
         "temperature": 0,
         "extra_headers": {"X-Soma-Session-Id": session},
     }
-    with small_disk(2 << 20) as disk, running_gateway({**env, "SOMA_SPOOL_DIR": str(disk)}) as gw:
-        sdk = client(gw)
+    with (
+        small_disk(2 << 20) as disk,
+        running_gateway({**env, "SOMA_SPOOL_DIR": str(disk)}) as gw,
+        client(gw) as sdk,
+    ):
         base = f"http://127.0.0.1:{gw.gateway_port}"
         sdk.chat.completions.create(**ask)
         with filled(disk):

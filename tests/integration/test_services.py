@@ -105,13 +105,13 @@ def test_prometheus_reports_its_targets_up(stack: Settings) -> None:
 
 @pytest.mark.parametrize("tier", ["primary", "escalation"])
 def test_model_answers_a_chat_completion(stack: Settings, tier: str) -> None:
-    client = OpenAI(base_url=stack.url(f"{tier}_model_url"), api_key="local", timeout=120)
-    reply = client.chat.completions.create(
-        model=getattr(stack, f"{tier}_model_name"),
-        messages=[{"role": "user", "content": "Name one colour of the rainbow."}],
-        max_tokens=16,
-        temperature=0.7,
-    )
+    with OpenAI(base_url=stack.url(f"{tier}_model_url"), api_key="local", timeout=120) as client:
+        reply = client.chat.completions.create(
+            model=getattr(stack, f"{tier}_model_name"),
+            messages=[{"role": "user", "content": "Name one colour of the rainbow."}],
+            max_tokens=16,
+            temperature=0.7,
+        )
     assert reply.choices[0].message.content
     assert reply.usage is not None
     assert reply.usage.prompt_tokens > 0
