@@ -39,6 +39,7 @@ from somaagent.adapters.opa import (
 from somaagent.adapters.postgres_summaries import SessionSummaryStore
 from somaagent.adapters.ratecards_store import RateCardStore
 from somaagent.adapters.redis_budget import RedisBudgetCounters
+from somaagent.adapters.redis_rate_limit import RateLimitUnavailable, RedisRateLimiter
 from somaagent.adapters.spool import Spool
 from somaagent.adapters.telemetry_store import ClickHouseTelemetryStore
 from somaagent.adapters.upstream import UpstreamClient, UsageCounter
@@ -70,6 +71,7 @@ from somaagent.service.chat import ChatService, Upstream
 from somaagent.service.health import HealthCheck
 from somaagent.service.ingest import Ingestor
 from somaagent.service.model_stats import ModelStatsCache
+from somaagent.service.rate_limits import RateGate
 from somaagent.service.verdict_cache import VerdictCache
 from somaagent.service.worker import WorkerStats, run_worker
 from somaagent.settings import Settings
@@ -317,6 +319,22 @@ def build_chat(
     )
 
 
+def build_rate_gate(settings: Settings, metrics: GatewayMetrics) -> RateGate:
+    """API keys' rate limits, in Redis (a caller without limits never reaches it)."""
+    limiter = RedisRateLimiter(
+        settings.url("redis_url"),
+        window_s=settings.rate_limit_window_s,
+        hold_s=settings.rate_limit_hold_s,
+        defer_s=settings.budget_settle_defer_ms / 1000,
+    )
+    return RateGate(
+        limiter,
+        unavailable=(RateLimitUnavailable,),
+        on_refused=lambda caller, limit: metrics.record_rate_limited(caller.tenant, limit),
+        close=limiter.aclose,
+    )
+
+
 def build_gate(
     settings: Settings,
     chat: ChatService,
@@ -406,6 +424,8 @@ class Container:
                 await up.client.close()
             if self.chat.gate is not None:
                 await self.chat.gate.aclose()
+            if self.chat.limits is not None:
+                await self.chat.limits.aclose()
         self.close()
 
     def refresh_rates(self) -> int:
@@ -514,6 +534,7 @@ def bootstrap(
                 container.metrics,
                 container.tracing,
             )
+            container.chat.limits = build_rate_gate(settings, container.metrics)
     except BaseException:
         container.close()
         raise

@@ -215,6 +215,11 @@ class Settings(BaseSettings):
     # it without a round trip; each funds calls for budget_allotment_s (0 calls: off).
     budget_allotment_calls: int = Field(default=64, ge=0, le=100_000)
     budget_allotment_s: float = Field(default=0.5, gt=0, le=60)
+    # API keys' rate limits (domain/rate_limits.py): the sliding window of their requests
+    # and tokens per minute (shorter only in tests), and how long a call's token hold lasts
+    # when its gateway never settles it.
+    rate_limit_window_s: float = Field(default=60.0, ge=0.1, le=3600)
+    rate_limit_hold_s: float = Field(default=600.0, gt=0, le=86_400)
     # Traces: OpenTelemetry spans, exported over OTLP/HTTP, to stdout, or not at all.
     otel_exporter: Literal["none", "console", "otlp"] = "none"
     otel_endpoint: str | None = None  # OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces

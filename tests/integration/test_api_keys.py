@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import socket
@@ -25,6 +26,7 @@ from somaagent.adapters.api_keys import (
     KeyStoreUnavailable,
 )
 from somaagent.domain.identity import Caller
+from somaagent.domain.rate_limits import RateLimits
 from somaagent.settings import Settings
 from tests.conftest import ROOT
 
@@ -174,6 +176,10 @@ def test_list_shows_status_and_never_a_secret(store: ApiKeyStore) -> None:
         (("t", "p", "r"), {"name": ""}, "name must be"),
         (("t", "p", "r"), {"name": "a\nb"}, "name must be"),
         (("t", "p", "r"), {"expires_at": datetime(2030, 1, 1)}, "aware"),
+        (("t", "p", "r"), {"rpm": 0}, "rpm must be an integer from 1"),
+        (("t", "p", "r"), {"tpm": -5}, "tpm must be an integer from 1"),
+        (("t", "p", "r"), {"tpm": 10**10}, "tpm must be an integer from 1"),
+        (("t", "p", "r"), {"rpm": 2.5}, "rpm must be an integer from 1"),
     ],
 )
 def test_create_rejects_bad_arguments(
@@ -181,6 +187,35 @@ def test_create_rejects_bad_arguments(
 ) -> None:
     with pytest.raises(InvalidKeyArgument, match=message):
         store.create(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_rate_limits_travel_with_the_caller_and_change_at_once_here(
+    store: ApiKeyStore, dsn: str
+) -> None:
+    t = tenant()
+    key_id, key = store.create(t, "p", "r", rpm=30, tpm=40_000)
+    caller = store.authenticate(key)
+    assert caller is not None and caller.limits == RateLimits(rpm=30, tpm=40_000)
+    assert store.set_limits(key_id, rpm=None, tpm=5_000)
+    changed = store.authenticate(key)
+    assert changed is not None and changed.limits == RateLimits(rpm=None, tpm=5_000)
+    assert store.set_limits(key_id, rpm=None, tpm=None)
+    lifted = store.authenticate(key)
+    assert lifted is not None and lifted.limits is None  # nothing to check on its calls
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT rpm_limit, tpm_limit FROM api_keys WHERE key_id = %s", (key_id,)
+        ).fetchone()
+    assert row == (None, None)
+    with pytest.raises(InvalidKeyArgument, match="rpm must be"):
+        store.set_limits(key_id, rpm=0, tpm=None)
+    store.revoke(key_id)
+    assert store.set_limits(key_id, rpm=5, tpm=None) is False  # revoked: nothing changes
+    assert store.set_limits(secrets_hex(), rpm=5, tpm=None) is False
+
+
+def secrets_hex() -> str:
+    return uuid.uuid4().hex[:16]
 
 
 def test_revoke_rejects_a_malformed_key_id(store: ApiKeyStore) -> None:
@@ -284,6 +319,28 @@ def test_cli_create_list_revoke(stack: Settings, store: ApiKeyStore) -> None:
     again = soma(stack, "keys", "revoke", key_id)
     assert again.returncode == 1
     assert again.stderr == f"soma: error: no active key {key_id} (unknown or already revoked)\n"
+
+
+def test_cli_rate_limits(stack: Settings, store: ApiKeyStore) -> None:
+    t = tenant()
+    created = soma(stack, "keys", "create", "--tenant", t, "--persona", "p", "--role", "r",
+                   "--rpm", "60", "--json")  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    key_id = json.loads(created.stdout)["key_id"]
+    listed = soma(stack, "keys", "list", "--tenant", t, "--json")
+    assert [(k["rpm_limit"], k["tpm_limit"]) for k in json.loads(listed.stdout)] == [(60, None)]
+    tpm = soma(stack, "keys", "limits", key_id, "--tpm", "20000")  # --rpm kept as it is
+    assert tpm.returncode == 0, tpm.stderr
+    assert tpm.stdout == f"{key_id}  rpm 60  tpm 20000\n"
+    lifted = soma(stack, "keys", "limits", key_id, "--rpm", "none")
+    assert lifted.stdout == f"{key_id}  rpm unlimited  tpm 20000\n"
+    table = soma(stack, "keys", "list", "--tenant", t)
+    assert re.search(rf"{key_id}\s+active\s+{t}\s+p\s+r\s+-\s+20000", table.stdout), table.stdout
+    bad = soma(stack, "keys", "limits", key_id, "--rpm", "0")
+    assert bad.returncode == 2 and "must be a whole number from 1 to" in bad.stderr
+    unknown = soma(stack, "keys", "limits", "0123456789abcdef", "--rpm", "5")
+    assert unknown.returncode == 1
+    assert unknown.stderr == "soma: error: no active key 0123456789abcdef (unknown or revoked)\n"
 
 
 def test_cli_errors_are_one_line(stack: Settings) -> None:

@@ -39,6 +39,7 @@ import psycopg
 from psycopg import errors
 
 from somaagent.domain.identity import Caller, check_safe_name
+from somaagent.domain.rate_limits import RateLimits, check_limit
 
 __all__ = [
     "KEY_PREFIX",
@@ -101,6 +102,8 @@ class ApiKeyInfo:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
 
     def status(self, now: datetime) -> str:
         """``"revoked"``, ``"expired"`` or ``"active"`` at ``now`` (an aware datetime)."""
@@ -224,14 +227,20 @@ class ApiKeyStore:
             if row is not NOT_CACHED:
                 return row
             found = conn.execute(
-                "SELECT secret_sha256, tenant, persona, role, expires_at FROM api_keys"
-                " WHERE key_id = %s AND revoked_at IS NULL",
+                "SELECT secret_sha256, tenant, persona, role, expires_at, rpm_limit, tpm_limit"
+                " FROM api_keys WHERE key_id = %s AND revoked_at IS NULL",
                 (key_id,),
             ).fetchone()
             row = None
             if found is not None:
-                digest, tenant, persona, role, expires_at = found
-                caller = Caller(key_id=key_id, tenant=tenant, persona=persona, role=role)
+                digest, tenant, persona, role, expires_at, rpm, tpm = found
+                caller = Caller(
+                    key_id=key_id,
+                    tenant=tenant,
+                    persona=persona,
+                    role=role,
+                    limits=RateLimits.of(rpm, tpm),
+                )
                 expires = expires_at.timestamp() if expires_at is not None else None
                 row = _Row(bytes.fromhex(digest), caller, expires)
             self._remember(key_id, row)
@@ -249,16 +258,21 @@ class ApiKeyStore:
         *,
         name: str | None = None,
         expires_at: datetime | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
     ) -> tuple[str, str]:
         """Store a new key; return ``(key_id, plaintext_key)``. The plaintext is not kept.
 
         Raises ``InvalidKeyArgument`` when tenant, persona or role is not a contract
         ``SafeName``, ``name`` is empty, longer than 200 characters or has control
-        characters, or ``expires_at`` is naive.
+        characters, ``expires_at`` is naive, or a rate limit (``rpm``, ``tpm``: requests and
+        tokens per minute, None = not limited) is not an integer from 1 to 10**9.
         """
         try:
             for field, value in (("tenant", tenant), ("persona", persona), ("role", role)):
                 check_safe_name(field, value)
+            check_limit("rpm", rpm)
+            check_limit("tpm", tpm)
         except ValueError as exc:
             raise InvalidKeyArgument(str(exc)) from None
         if name is not None and not _NAME_RE.fullmatch(name):
@@ -275,8 +289,9 @@ class ApiKeyStore:
                     with conn.transaction():
                         conn.execute(
                             "INSERT INTO api_keys (key_id, secret_sha256, tenant, persona, role,"
-                            " name, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                            (key_id, digest, tenant, persona, role, name, expires_at),
+                            " name, expires_at, rpm_limit, tpm_limit)"
+                            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                            (key_id, digest, tenant, persona, role, name, expires_at, rpm, tpm),
                         )
                 except errors.UniqueViolation:
                     continue
@@ -306,13 +321,37 @@ class ApiKeyStore:
         self._forget(key_id)
         return revoked
 
+    def set_limits(self, key_id: str, *, rpm: int | None, tpm: int | None) -> bool:
+        """Replace a key's rate limits (None = not limited); ``False`` when no active key has
+        this id. Takes effect at once in this process, within ``ttl_s`` in others."""
+        if not _KEY_ID_RE.fullmatch(key_id):
+            raise InvalidKeyArgument("a key id is 16 lowercase hex characters (see `keys list`)")
+        try:
+            check_limit("rpm", rpm)
+            check_limit("tpm", tpm)
+        except ValueError as exc:
+            raise InvalidKeyArgument(str(exc)) from None
+
+        def update(conn: Conn) -> bool:
+            done = conn.execute(
+                "UPDATE api_keys SET rpm_limit = %s, tpm_limit = %s"
+                " WHERE key_id = %s AND revoked_at IS NULL RETURNING key_id",
+                (rpm, tpm, key_id),
+            ).fetchone()
+            return done is not None
+
+        changed = self._run(update, retry=False)
+        self._forget(key_id)
+        return changed
+
     def list(self, tenant: str | None = None) -> builtins.list[ApiKeyInfo]:
         """Every key (of ``tenant`` when given), oldest first; secrets are never stored."""
 
         def select(conn: Conn) -> builtins.list[ApiKeyInfo]:
             rows = conn.execute(
-                "SELECT key_id, tenant, persona, role, name, created_at, expires_at, revoked_at"
-                " FROM api_keys WHERE %(tenant)s::text IS NULL OR tenant = %(tenant)s"
+                "SELECT key_id, tenant, persona, role, name, created_at, expires_at, revoked_at,"
+                " rpm_limit, tpm_limit FROM api_keys"
+                " WHERE %(tenant)s::text IS NULL OR tenant = %(tenant)s"
                 " ORDER BY created_at, key_id",
                 {"tenant": tenant},
             ).fetchall()

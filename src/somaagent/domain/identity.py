@@ -20,6 +20,7 @@ from typing import Any
 from somaagent.domain.events import new_event_id
 from somaagent.domain.events._types import Opaque, SafeName
 from somaagent.domain.randomness import random_bytes as fast_random_bytes
+from somaagent.domain.rate_limits import RateLimits
 
 __all__ = [
     "BUDGET_TRACE_HEADER",
@@ -62,6 +63,7 @@ class Caller:
     tenant: str
     persona: str
     role: str
+    limits: RateLimits | None = None  # the key's rate limits (None: not limited)
 
 
 class _Rule:

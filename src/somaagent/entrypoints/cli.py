@@ -13,6 +13,7 @@ import psycopg
 
 from somaagent.adapters import postgres
 from somaagent.adapters.api_keys import ApiKeyError, ApiKeyStore, KeyStoreUnavailable
+from somaagent.domain.rate_limits import MAX_LIMIT, check_limit
 from somaagent.entrypoints.cli_budgets import add_budgets
 from somaagent.entrypoints.cli_money import add_cost, add_ratecards
 from somaagent.entrypoints.cli_ops import add_approvals, add_jobs
@@ -121,7 +122,13 @@ def _cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
         expires = datetime.now(UTC) + timedelta(days=args.expires_days)
     with _key_store(settings) as store:
         key_id, key = store.create(
-            args.tenant, args.persona, args.role, name=args.name, expires_at=expires
+            args.tenant,
+            args.persona,
+            args.role,
+            name=args.name,
+            expires_at=expires,
+            rpm=args.rpm,
+            tpm=args.tpm,
         )
     if args.json:
         print(json.dumps({"key_id": key_id, "key": key}))
@@ -139,13 +146,29 @@ def _cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
         rows = [{**dataclasses.asdict(k), "status": k.status(now)} for k in keys]
         print(json.dumps(rows, default=lambda v: v.isoformat()))
         return 0
-    print(f"{'key_id':<16}  {'status':<7}  {'tenant':<16} {'persona':<16} {'role':<12} expires")
+    print(
+        f"{'key_id':<16}  {'status':<7}  {'tenant':<16} {'persona':<16} {'role':<12}"
+        f" {'rpm':>8} {'tpm':>10}  expires"
+    )
     for k in keys:
         expires = k.expires_at.isoformat(timespec="seconds") if k.expires_at else "-"
         print(
             f"{k.key_id:<16}  {k.status(now):<7}  {k.tenant:<16} {k.persona:<16} {k.role:<12}"
-            f" {expires}  {k.name or ''}"
+            f" {k.rpm_limit or '-':>8} {k.tpm_limit or '-':>10}  {expires}  {k.name or ''}"
         )
+    return 0
+
+
+def _cmd_keys_limits(settings: Settings, args: argparse.Namespace) -> int:
+    with _key_store(settings) as store:
+        current = next((k for k in store.list() if k.key_id == args.key_id), None)
+        if current is None or current.revoked_at is not None:
+            raise ApiKeyError(f"no active key {args.key_id} (unknown or revoked)")
+        rpm = current.rpm_limit if args.rpm is _KEEP else args.rpm
+        tpm = current.tpm_limit if args.tpm is _KEEP else args.tpm
+        if not store.set_limits(args.key_id, rpm=rpm, tpm=tpm):
+            raise ApiKeyError(f"no active key {args.key_id} (unknown or revoked)")
+    print(f"{args.key_id}  rpm {rpm or 'unlimited'}  tpm {tpm or 'unlimited'}")
     return 0
 
 
@@ -164,8 +187,22 @@ def _positive_int(value: str) -> int:
     return number
 
 
+_KEEP = object()  # `keys limits` without --rpm/--tpm: that limit stays as it is
+
+
+def _limit(value: str) -> int | None:
+    if value.lower() == "none":
+        return None
+    try:
+        return check_limit("limit", int(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from 1 to {MAX_LIMIT}, or 'none', got {value!r}"
+        ) from None
+
+
 def _add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    keys = sub.add_parser("keys", help="API keys: create, list, revoke")
+    keys = sub.add_parser("keys", help="API keys: create, list, revoke, limits")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key and print it once")
     create.add_argument("--tenant", required=True)
@@ -173,6 +210,8 @@ def _add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     create.add_argument("--role", required=True)
     create.add_argument("--name", help="a label for people (e.g. who holds the key)")
     create.add_argument("--expires-days", type=_positive_int, metavar="D")
+    create.add_argument("--rpm", type=_limit, help="requests per minute (default: unlimited)")
+    create.add_argument("--tpm", type=_limit, help="tokens per minute (default: unlimited)")
     create.add_argument("--json", action="store_true")
     create.set_defaults(func=_cmd_keys_create)
     lst = keys_sub.add_parser("list", help="list keys (never their secrets)")
@@ -182,6 +221,13 @@ def _add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     revoke = keys_sub.add_parser("revoke", help="revoke a key by its key_id")
     revoke.add_argument("key_id")
     revoke.set_defaults(func=_cmd_keys_revoke)
+    limits = keys_sub.add_parser(
+        "limits", help="set a key's rate limits (requests/tokens per minute; 'none' lifts one)"
+    )
+    limits.add_argument("key_id")
+    limits.add_argument("--rpm", type=_limit, default=_KEEP, metavar="N|none")
+    limits.add_argument("--tpm", type=_limit, default=_KEEP, metavar="N|none")
+    limits.set_defaults(func=_cmd_keys_limits)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -196,6 +196,12 @@ class GatewayMetrics:
             buckets=POLICY_LATENCY_BUCKETS,
             registry=r,
         )
+        self.rate_limited = Counter(
+            "soma_rate_limited_total",
+            "Requests refused by their API key's rate limit (limit: requests, tokens, too_large)",
+            ["tenant", "limit"],
+            registry=r,
+        )
         self.escalations = Counter(
             "soma_escalations_total",
             "Requests sent up to the escalation tier",
@@ -326,6 +332,10 @@ class GatewayMetrics:
         self.policy_latency.observe(latency_s)
         if reused:
             self.policy_reuses.inc()
+
+    def record_rate_limited(self, tenant: str, limit: str) -> None:
+        """Count a request refused by its key's rate limit."""
+        self.rate_limited.labels(self.guard("tenant", tenant), limit).inc()
 
     def record_escalation(self, reason: str) -> None:
         """Count a request routed up to the escalation tier."""

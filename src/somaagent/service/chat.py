@@ -55,6 +55,7 @@ from somaagent.service.call_records import (
     span_results,
 )
 from somaagent.service.escalation_notice import escalation_notice
+from somaagent.service.rate_limits import RateGate, RateHold
 
 __all__ = [
     "ChatOutcome",
@@ -129,6 +130,7 @@ class Turn:
     ctx: RequestContext
     tree: dict[str, Any]  # the events' decision tree (router, policy verdict, attempts)
     adm: Admission | None
+    hold: RateHold | None = None  # its place in the key's rate limits
 
     @property
     def attempts(self) -> list[dict[str, Any]]:
@@ -158,6 +160,7 @@ class ChatService:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     metrics: GatewayMetrics | None = None
     gate: Gatekeeper | None = None
+    limits: RateGate | None = None
     tracing: Tracing = field(default_factory=lambda: Tracing(None))
     ranking_memo: RankingMemo = field(default_factory=RankingMemo)
 
@@ -318,6 +321,8 @@ class ChatService:
         )
         with self.tracing.span("telemetry.publish", {"soma.events": len(events)}):
             self.emit(events)
+        if turn.hold is not None:
+            turn.hold.settle(sum(r.input_tokens + r.output_tokens for r in records))
         self._observe(records, turn.caller)
 
     def _observe(self, records: list[CallRecord], caller: Caller) -> None:
@@ -338,13 +343,20 @@ class ChatService:
         further attempt (the first, a retry, a fallback, the escalation) is made for it
         (``ClientGone``)."""
         decision = self.route(request, caller)
-        adm, candidates = await self.admit(request, caller, ctx, decision, approval_id)
+        hold = await self.limits.admit(request, caller) if self.limits is not None else None
         try:
-            return await self._complete(
-                request, caller, ctx, received, decision, adm, candidates, gone
-            )
+            adm, candidates = await self.admit(request, caller, ctx, decision, approval_id)
+            try:
+                turn = self.new_turn(request, caller, ctx, decision, adm, hold)
+                outcome = await self._complete(turn, received, decision, candidates, gone)
+            finally:
+                await self.finish(adm)
         finally:
-            await self.finish(adm)
+            if hold is not None:
+                hold.release()  # when no accounting settled it (a refusal, a bug)
+        if hold is not None:
+            outcome.headers.update(hold.headers)
+        return outcome
 
     async def finish(self, adm: Admission | None) -> None:
         """End a request's admission: release a reservation no attempt settled and publish
@@ -355,16 +367,13 @@ class ChatService:
 
     async def _complete(
         self,
-        request: ChatRequest,
-        caller: Caller,
-        ctx: RequestContext,
+        turn: Turn,
         received: float,
         decision: Decision,
-        adm: Admission | None,
         candidates: list[ModelEntry],
         gone: Callable[[], bool] | None = None,
     ) -> ChatOutcome:
-        turn = self.new_turn(request, caller, ctx, decision, adm)
+        request, caller, ctx, adm = turn.request, turn.caller, turn.ctx, turn.adm
         tree, attempts = turn.tree, turn.attempts
         records: list[CallRecord] = []
         reason: str = decision.reason
@@ -435,6 +444,7 @@ class ChatService:
         ctx: RequestContext,
         decision: Decision,
         adm: Admission | None,
+        hold: RateHold | None = None,
     ) -> Turn:
         """The request's turn, with the events' decision tree (router + policy verdict) and
         its empty attempts list."""
@@ -442,7 +452,7 @@ class ChatService:
         if adm is not None:
             tree["policy"] = {"verdict": adm.verdict.action, "reasons": list(adm.verdict.reasons)}
         tree["attempts"] = []
-        return Turn(request, caller, ctx, tree, adm)
+        return Turn(request, caller, ctx, tree, adm, hold)
 
     async def may_try(
         self, adm: Admission | None, entry: ModelEntry, attempts: list[dict[str, Any]]

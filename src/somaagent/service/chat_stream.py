@@ -53,13 +53,20 @@ async def open_stream(
 ) -> tuple[dict[str, str], StreamBody]:
     """Connect to the first working candidate; return the headers and the SSE body."""
     decision = service.route(request, caller)
-    adm, candidates = await service.admit(request, caller, ctx, decision, approval_id)
+    hold = await service.limits.admit(request, caller) if service.limits is not None else None
+    try:
+        adm, candidates = await service.admit(request, caller, ctx, decision, approval_id)
+    except BaseException:
+        if hold is not None:
+            hold.release()
+        raise
     handed_over = False
     try:
-        headers, body = await _connect(
-            service, request, caller, ctx, received, decision, adm, candidates
-        )
+        turn = service.new_turn(request, caller, ctx, decision, adm, hold)
+        headers, body = await _connect(service, turn, received, decision, candidates)
         handed_over = True
+        if hold is not None:
+            headers.update(hold.headers)
         return headers, body
     except asyncio.CancelledError:
         handed_over = True  # ``_connect`` left the accounting to a task of its own
@@ -67,19 +74,18 @@ async def open_stream(
     finally:
         if not handed_over:
             await service.finish(adm)
+            if hold is not None:
+                hold.release()  # when no accounting settled it
 
 
 async def _connect(
     service: ChatService,
-    request: ChatRequest,
-    caller: Caller,
-    ctx: RequestContext,
+    turn: Turn,
     received: float,
     decision: Decision,
-    adm: Admission | None,
     candidates: list[ModelEntry],
 ) -> tuple[dict[str, str], StreamBody]:
-    turn = service.new_turn(request, caller, ctx, decision, adm)
+    request, caller, adm = turn.request, turn.caller, turn.adm
     failed: list[CallRecord] = []
     reason: str = decision.reason
     queue = list(candidates)
