@@ -176,6 +176,9 @@ class Settings(BaseSettings):
     anonymous_tenant: str = "local"
     anonymous_persona: str = "default"
     anonymous_role: str = "user"
+    # The anonymous caller's rate limits (requests / tokens per minute; None: unlimited).
+    anonymous_rpm: int | None = Field(default=None, ge=1, le=1_000_000_000)
+    anonymous_tpm: int | None = Field(default=None, ge=1, le=1_000_000_000)
     default_max_tokens: int = Field(default=256, ge=1)
     max_tokens_cap: int = Field(default=4096, ge=1)
     chat_max_body_bytes: int = Field(default=1 << 20, ge=1024)

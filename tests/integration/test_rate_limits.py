@@ -5,6 +5,8 @@ its own ``asyncio.run`` with a key id of its own."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import secrets
 import socket
 from collections.abc import Coroutine
@@ -18,7 +20,11 @@ from somaagent.adapters.redis_rate_limit import (
     RedisRateLimiter,
     rate_keys,
 )
+from somaagent.domain.chat_request import ChatRequest, RequestError, parse_chat_request
+from somaagent.domain.identity import Caller
 from somaagent.domain.rate_limits import RateDecision, RateLimits
+from somaagent.domain.worst_case import prompt_token_bound
+from somaagent.service.rate_limits import RateGate
 from somaagent.settings import Settings
 
 T = TypeVar("T")
@@ -232,3 +238,109 @@ def test_an_unreachable_redis_is_unavailable_not_unlimited() -> None:
 
     with pytest.raises(RateLimitUnavailable, match="Redis unavailable"):
         run(scenario())
+
+
+def chat_request(max_tokens: int) -> ChatRequest:
+    return parse_chat_request(
+        json.dumps(
+            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
+        ).encode(),
+        default_max_tokens=16,
+        max_tokens_cap=4096,
+    )
+
+
+def test_the_gate_holds_a_call_until_its_accounting_settles_it(url: str) -> None:
+    caller = Caller(new_key(), "acme", "p", "r", limits=RateLimits(rpm=10, tpm=200))
+    request = chat_request(50)
+    worst = prompt_token_bound(request.messages) + 50
+
+    async def scenario() -> list[RateDecision]:
+        limiter = RedisRateLimiter(url)
+        gate = RateGate(limiter, unavailable=(RateLimitUnavailable,), close=limiter.aclose)
+        try:
+            first = await gate.admit(request, caller)
+            assert first is not None and first.decision.tokens_left == 200 - worst
+            first.settle(7)  # what its attempts used
+            first.release()  # a no-op once settled
+            second = await gate.admit(request, caller)
+            assert second is not None
+            second.release()  # refused after admission (the policy): nothing used
+            third = await gate.admit(request, caller)
+            assert third is not None
+            return [first.decision, second.decision, third.decision]
+        finally:
+            await gate.aclose()
+
+    first, second, third = run(scenario())
+    assert second.tokens_left == 200 - 7 - worst
+    assert third.tokens_left == 200 - 7 - worst and third.requests_left == 7
+    uncounted = Caller(new_key(), "acme", "p", "r")  # a key without limits: nothing to ask
+    assert run(RateGate(RedisRateLimiter(url), unavailable=()).admit(request, uncounted)) is None
+
+
+def test_the_gate_refuses_clearly_and_waits_when_redis_is_away(url: str) -> None:
+    request = chat_request(50)
+    limited = Caller(new_key(), "acme", "p", "r", limits=RateLimits(rpm=1))
+    refusals: list[str] = []
+
+    async def twice() -> None:
+        limiter = RedisRateLimiter(url)
+        gate = RateGate(
+            limiter,
+            unavailable=(RateLimitUnavailable,),
+            on_refused=lambda c, limit: refusals.append(limit),
+            close=limiter.aclose,
+        )
+        try:
+            assert await gate.admit(request, limited) is not None
+            await gate.admit(request, limited)
+        finally:
+            await gate.aclose()
+
+    with pytest.raises(RequestError) as over:
+        run(twice())
+    assert over.value.status == 429 and refusals == ["requests"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def away() -> None:
+        limiter = RedisRateLimiter(f"redis://127.0.0.1:{port}/0", timeout_s=0.5)
+        gate = RateGate(limiter, unavailable=(RateLimitUnavailable,), close=limiter.aclose)
+        try:
+            await gate.admit(request, limited)
+        finally:
+            await gate.aclose()
+
+    with pytest.raises(RequestError) as down:
+        run(away())
+    assert down.value.status == 503 and down.value.code == "rate_limit_unavailable"
+    assert down.value.headers == {"retry-after": "1"}
+
+
+def test_a_request_cancelled_while_redis_decides_leaves_no_hold(url: str) -> None:
+    caller = Caller(new_key(), "acme", "p", "r", limits=RateLimits(tpm=1000))
+    request = chat_request(50)
+    worst = prompt_token_bound(request.messages) + 50
+
+    async def scenario() -> tuple[bool, RateDecision]:
+        limiter = RedisRateLimiter(url)
+        gate = RateGate(limiter, unavailable=(RateLimitUnavailable,), close=limiter.aclose)
+        try:
+            await limiter.admit(new_key(), hold(), RateLimits(rpm=1), 0)  # connected
+            task = asyncio.get_running_loop().create_task(gate.admit(request, caller))
+            await asyncio.sleep(0)  # its script is on the wire, its reply not yet read
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.2)  # the reply, then the release it causes
+            after = await gate.admit(request, caller)
+            assert after is not None
+            return task.cancelled(), after.decision
+        finally:
+            await gate.aclose()
+
+    cancelled, after = run(scenario())
+    assert cancelled
+    assert after.tokens_left == 1000 - worst  # only its own hold: the cancelled one is gone

@@ -24,6 +24,7 @@ from somaagent.domain.identity import (
     RequestContext,
     build_request_context,
 )
+from somaagent.domain.rate_limits import RateLimits
 from somaagent.domain.routing import ModelEntry
 from somaagent.entrypoints.http_protocol import client_gone, on_disconnect
 from somaagent.observability.logging import bind_log_context
@@ -119,6 +120,7 @@ async def authenticate(request: Request, headers: Mapping[str, str] | None = Non
             tenant=settings.anonymous_tenant,
             persona=settings.anonymous_persona,
             role=settings.anonymous_role,
+            limits=RateLimits.of(settings.anonymous_rpm, settings.anonymous_tpm),
         )
     raise IdentityError(401, "missing API key: send 'Authorization: Bearer sk-soma-...'")
 

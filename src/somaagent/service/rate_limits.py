@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 from somaagent.domain.chat_request import ChatRequest, RequestError
@@ -89,8 +90,14 @@ class RateGate:
             else 0
         )
         hold_id = f"{random_bits(64):016x}"
+        pending = asyncio.ensure_future(self.limiter.admit(caller.key_id, hold_id, limits, tokens))
         try:
-            decision = await self.limiter.admit(caller.key_id, hold_id, limits, tokens)
+            decision = await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            # The request was cancelled (its client left) while Redis decided: a hold it
+            # was given is released, instead of lapsing only after the hold lifetime.
+            pending.add_done_callback(partial(self._abandoned, caller.key_id, hold_id, limits))
+            raise
         except self.unavailable as exc:
             raise RequestError(
                 503,
@@ -104,6 +111,14 @@ class RateGate:
         if self.on_refused is not None:
             self.on_refused(caller, decision.status)
         raise rate_refusal(limits, decision, tokens)
+
+    def _abandoned(
+        self, key_id: str, hold_id: str, limits: RateLimits, pending: asyncio.Future[RateDecision]
+    ) -> None:
+        if pending.cancelled() or pending.exception() is not None:
+            return
+        if pending.result().admitted and limits.tpm is not None:
+            self.in_background(key_id, hold_id, 0)
 
     def in_background(self, key_id: str, hold_id: str, tokens: int) -> None:
         """Send the settle now (it goes out ahead of any later admission on the connection)
