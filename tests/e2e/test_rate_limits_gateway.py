@@ -4,6 +4,7 @@ the SDKs understand, and the tokens limit counts what the calls really used."""
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -75,7 +76,7 @@ def test_tokens_per_minute_count_what_the_calls_used(
 ) -> None:
     _worker, env = pipeline
     worst = prompt_token_bound(MESSAGES) + 8  # the hold of one call with max_tokens=8
-    limit = 3 * worst
+    limit = 5 * worst
     with ApiKeyStore(stack.secret("postgres_dsn")) as keys:
         _id, key = keys.create(f"rl-{uuid.uuid4().hex[:8]}", "support", "user", tpm=limit)
     session = f"rl-{uuid.uuid4().hex[:8]}"
@@ -102,6 +103,14 @@ def test_tokens_per_minute_count_what_the_calls_used(
         remaining = int(streamed.headers["x-ratelimit-remaining-tokens"])
         used_second = second.json()["usage"]["total_tokens"]
         assert remaining == limit - used - used_second - worst
+        chunks = [json.loads(line[6:]) for line in streamed.text.splitlines()
+                  if line.startswith("data: {")]  # fmt: skip
+        used_streamed = next(c["usage"]["total_tokens"] for c in chunks if c.get("usage"))
+        # The stream was settled to what it used before its last chunk was sent.
+        fourth = ask(port, key, session, max_tokens=8)
+        assert fourth.status_code == 200, fourth.text
+        left = int(fourth.headers["x-ratelimit-remaining-tokens"])
+        assert left == limit - used - used_second - used_streamed - worst
         # A call whose worst case alone is over the limit can never fit: 400, not 429.
         huge = ask(port, key, session, max_tokens=limit)
         assert huge.status_code == 400
