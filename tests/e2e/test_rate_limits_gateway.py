@@ -116,3 +116,34 @@ def test_tokens_per_minute_count_what_the_calls_used(
         assert huge.status_code == 400
         assert huge.json()["error"]["code"] == "request_too_large"
         assert "retry-after" not in huge.headers
+
+
+def test_a_stream_cut_short_counts_the_tokens_it_produced(
+    stack: Settings, pipeline: tuple[Container, dict[str, str]]
+) -> None:
+    worker, env = pipeline
+    counting = [{"role": "user", "content": "Count from 1 to 200."}]
+    limit = 10_000
+    with ApiKeyStore(stack.secret("postgres_dsn")) as keys:
+        _id, key = keys.create(f"rl-{uuid.uuid4().hex[:8]}", "support", "user", tpm=limit)
+    session = f"rl-cut-{uuid.uuid4().hex[:8]}"
+    headers = {"authorization": f"Bearer {key}", "x-soma-session-id": session}
+    with running_gateway(env) as gw:
+        url = f"http://127.0.0.1:{gw.gateway_port}/v1/chat/completions"
+        body = {"messages": counting, "max_tokens": 200, "stream": True}
+        with httpx.stream("POST", url, json=body, headers=headers, timeout=60) as response:
+            assert response.status_code == 200
+            seen = 0
+            for line in response.iter_lines():
+                seen += line.startswith("data: {")
+                if seen >= 3:
+                    break  # leave mid-stream: the gateway closes the upstream request
+        assert wait_until(lambda: len(events_for(worker, "slm_metrics", session)) == 1)
+        call = events_for(worker, "slm_metrics", session)[0]
+        assert call["status"] == "interrupted"
+        produced = int(call["input_tokens"]) + int(call["output_tokens"])  # type: ignore[call-overload]
+        after = ask(gw.gateway_port, key, session, max_tokens=8)
+        assert after.status_code == 200, after.text
+        worst = prompt_token_bound(MESSAGES) + 8
+        # Its hold (bound + 200) was replaced by what it had produced when it was cut.
+        assert int(after.headers["x-ratelimit-remaining-tokens"]) == limit - produced - worst
