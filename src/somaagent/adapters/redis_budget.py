@@ -17,12 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Literal, TypeVar
 
 import redis.asyncio as aioredis
 
-from somaagent.adapters.resp import RespClient, RespError, RespUnavailable, Script
+from somaagent.adapters.resp import RespClient, Script, unavailable_as
 from somaagent.domain.budgets import (
     DIMENSIONS,
     Amounts,
@@ -99,10 +98,6 @@ class RebuildReservation:
     indexes: tuple[int, ...]
 
 
-def _script(name: str) -> Script:
-    return Script.of(resources.files("somaagent.adapters").joinpath("lua", name).read_text())
-
-
 def _limit(value: int | None) -> str:
     return "-1" if value is None else str(value)
 
@@ -151,11 +146,11 @@ class RedisBudgetCounters:
         self._reap_limit_arg = str(reap_limit)
         self._done_ttl_arg = str(done_ttl_s)
         self._grace_arg = str(reservation_grace_s)
-        self._reserve = _script("budget_reserve.lua")
-        self._settle = _script("budget_settle.lua")
-        self._release = _script("budget_release.lua")
-        self._rebuild = _script("budget_rebuild.lua")
-        self._reset = _script("budget_reset.lua")
+        self._reserve = Script.packaged("budget_reserve.lua")
+        self._settle = Script.packaged("budget_settle.lua")
+        self._release = Script.packaged("budget_release.lua")
+        self._rebuild = Script.packaged("budget_rebuild.lua")
+        self._reset = Script.packaged("budget_reset.lua")
 
     @property
     def client(self) -> aioredis.Redis:
@@ -167,15 +162,9 @@ class RedisBudgetCounters:
             )
         return self._inspect
 
-    async def _call(self, work: Awaitable[T]) -> T:
-        try:
-            return await work
-        except (RespUnavailable, ConnectionError, TimeoutError) as exc:
-            raise BudgetUnavailable(f"Redis unavailable: {exc}") from exc
-        except RespError as exc:  # a server still loading its data, or a read-only replica
-            if str(exc).startswith(("LOADING", "READONLY")):
-                raise BudgetUnavailable(f"Redis unavailable: {exc}") from exc
-            raise
+    @staticmethod
+    def _call(work: Awaitable[T]) -> Awaitable[T]:
+        return unavailable_as(work, BudgetUnavailable)
 
     def _run(self, script: Script, keys: list[str], args: list[str]) -> Awaitable[Any]:
         return self._resp.run_script(script, keys, args)

@@ -14,10 +14,9 @@ raise ``RateLimitUnavailable``.
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from importlib import resources
 from typing import Any
 
-from somaagent.adapters.resp import RespClient, RespError, RespUnavailable, Script
+from somaagent.adapters.resp import RespClient, Script, unavailable_as
 from somaagent.domain.rate_limits import RateDecision, RateLimits
 
 __all__ = ["RateLimitUnavailable", "RedisRateLimiter", "rate_keys"]
@@ -27,10 +26,6 @@ _STATUS: dict[int, Any] = {1: "admitted", 2: "requests", 3: "tokens", 4: "too_la
 
 class RateLimitUnavailable(Exception):
     """Redis cannot be reached (or is loading): the limits cannot be checked."""
-
-
-def _script(name: str) -> Script:
-    return Script.of(resources.files("somaagent.adapters").joinpath("lua", name).read_text())
 
 
 def rate_keys(key_id: str) -> list[str]:
@@ -60,8 +55,8 @@ class RedisRateLimiter:
         self._window_arg = str(round(window_s * 1000))
         self._hold_arg = str(round(hold_s * 1000))
         self._defer_s = defer_s
-        self._admit = _script("rate_admit.lua")
-        self._settle = _script("rate_settle.lua")
+        self._admit = Script.packaged("rate_admit.lua")
+        self._settle = Script.packaged("rate_settle.lua")
 
     async def admit(
         self, key_id: str, hold_id: str, limits: RateLimits, tokens: int
@@ -99,15 +94,8 @@ class RedisRateLimiter:
         return bool(await self._call(work))
 
     @staticmethod
-    async def _call(work: Any) -> Any:
-        try:
-            return await work
-        except (RespUnavailable, ConnectionError, TimeoutError) as exc:
-            raise RateLimitUnavailable(f"Redis unavailable: {exc}") from exc
-        except RespError as exc:
-            if str(exc).startswith(("LOADING", "READONLY")):
-                raise RateLimitUnavailable(f"Redis unavailable: {exc}") from exc
-            raise
+    def _call(work: Awaitable[Any]) -> Awaitable[Any]:
+        return unavailable_as(work, RateLimitUnavailable)
 
     async def aclose(self) -> None:
         """Close the connection (pending calls fail with ``RateLimitUnavailable``)."""

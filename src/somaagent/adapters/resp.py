@@ -21,12 +21,15 @@ import time
 from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, cast
+from importlib import resources
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 import hiredis
 
-__all__ = ["RespClient", "RespError", "RespUnavailable", "Script"]
+__all__ = ["RespClient", "RespError", "RespUnavailable", "Script", "unavailable_as"]
+
+T = TypeVar("T")
 
 
 class RespError(Exception):
@@ -47,6 +50,25 @@ class Script:
     @classmethod
     def of(cls, source: str) -> Script:
         return cls(source, hashlib.sha1(source.encode()).hexdigest())
+
+    @classmethod
+    def packaged(cls, name: str) -> Script:
+        """One of the package's scripts (``somaagent/adapters/lua/<name>``)."""
+        return cls.of(resources.files("somaagent.adapters").joinpath("lua", name).read_text())
+
+
+async def unavailable_as(work: Awaitable[T], error: type[Exception]) -> T:
+    """``work``'s reply; ``error`` (one line naming the cause) when Redis cannot be reached,
+    did not answer in time, is still loading its data or is a read-only replica. Other error
+    replies (a script's bug) propagate as they are."""
+    try:
+        return await work
+    except (RespUnavailable, ConnectionError, TimeoutError) as exc:
+        raise error(f"Redis unavailable: {exc}") from exc
+    except RespError as exc:
+        if str(exc).startswith(("LOADING", "READONLY")):
+            raise error(f"Redis unavailable: {exc}") from exc
+        raise
 
 
 def _encode_py(args: tuple[Any, ...]) -> bytes:
