@@ -82,7 +82,7 @@ def test_the_window_slides_and_retry_after_is_when_a_request_fits_again(url: str
     key, limits = new_key(), RateLimits(rpm=2)
 
     async def scenario() -> tuple[RateDecision, RateDecision]:
-        limiter = RedisRateLimiter(url, window_s=0.5)
+        limiter = RedisRateLimiter(url, window_s=2.0)
         try:
             for _ in range(2):
                 assert (await limiter.admit(key, hold(), limits, 0)).admitted
@@ -93,7 +93,7 @@ def test_the_window_slides_and_retry_after_is_when_a_request_fits_again(url: str
             await limiter.aclose()
 
     refused, again = run(scenario())
-    assert refused.status == "requests" and 0 < refused.retry_ms <= 501
+    assert refused.status == "requests" and 0 < refused.retry_ms <= 2001
     assert again.admitted and again.requests_left in (0, 1)  # 1: both left at that ms
 
 
@@ -126,7 +126,7 @@ def test_settled_tokens_leave_the_window_at_their_settle_time(url: str) -> None:
     key, limits = new_key(), RateLimits(tpm=1000)
 
     async def scenario() -> tuple[RateDecision, RateDecision]:
-        limiter = RedisRateLimiter(url, window_s=1.0)
+        limiter = RedisRateLimiter(url, window_s=2.0)
         try:
             first = hold()
             assert (await limiter.admit(key, first, limits, 900)).admitted
@@ -138,7 +138,8 @@ def test_settled_tokens_leave_the_window_at_their_settle_time(url: str) -> None:
             await limiter.aclose()
 
     refused, again = run(scenario())
-    assert refused.status == "tokens" and 900 <= refused.retry_ms <= 1001
+    # Until the settled 800 leave: 2 s after the settle, less the time since then.
+    assert refused.status == "tokens" and 0 < refused.retry_ms <= 2001
     assert again.admitted and again.tokens_left == 500
 
 

@@ -48,9 +48,11 @@ if tpm >= 0 and cost > tpm then
   return {4, 0, requests_left, tokens_left}
 end
 if rpm >= 0 and requests >= rpm then
-  -- the last of the oldest requests that must leave the window for one more to fit
+  -- the last of the oldest requests that must leave the window for one more to fit: at
+  -- now + retry its score is at most the window's start, so it is gone (>= 1 ms: an entry
+  -- at the start was removed above)
   local oldest = redis.call('ZRANGE', KEYS[1], requests - rpm, requests - rpm, 'WITHSCORES')
-  return {2, tonumber(oldest[2]) + window - now + 1, 0, tokens_left}
+  return {2, tonumber(oldest[2]) + window - now, 0, tokens_left}
 end
 if tpm >= 0 and used + cost > tpm then
   -- settled calls leave the window oldest first; when they cannot free enough, calls in
@@ -65,7 +67,7 @@ if tpm >= 0 and used + cost > tpm then
     for i = 1, #ids do
       freed = freed + (tonumber(amounts[i]) or 0)
       if freed >= need then
-        retry = tonumber(entries[2 * i]) + window - now + 1
+        retry = tonumber(entries[2 * i]) + window - now
         break
       end
     end
