@@ -196,10 +196,12 @@ def test_rate_limits_travel_with_the_caller_and_change_at_once_here(
     key_id, key = store.create(t, "p", "r", rpm=30, tpm=40_000)
     caller = store.authenticate(key)
     assert caller is not None and caller.limits == RateLimits(rpm=30, tpm=40_000)
-    assert store.set_limits(key_id, rpm=None, tpm=5_000)
+    assert store.set_limits(key_id, rpm=None, tpm=5_000) == (None, 5_000)
+    assert store.set_limits(key_id, tpm=6_000) == (None, 6_000)  # rpm stays as it is
+    assert store.set_limits(key_id, tpm=5_000) == (None, 5_000)
     changed = store.authenticate(key)
     assert changed is not None and changed.limits == RateLimits(rpm=None, tpm=5_000)
-    assert store.set_limits(key_id, rpm=None, tpm=None)
+    assert store.set_limits(key_id, rpm=None, tpm=None) == (None, None)
     lifted = store.authenticate(key)
     assert lifted is not None and lifted.limits is None  # nothing to check on its calls
     with psycopg.connect(dsn) as conn:
@@ -209,9 +211,11 @@ def test_rate_limits_travel_with_the_caller_and_change_at_once_here(
     assert row == (None, None)
     with pytest.raises(InvalidKeyArgument, match="rpm must be"):
         store.set_limits(key_id, rpm=0, tpm=None)
+    with pytest.raises(InvalidKeyArgument, match="no such limit: rph"):
+        store.set_limits(key_id, rph=5)
     store.revoke(key_id)
-    assert store.set_limits(key_id, rpm=5, tpm=None) is False  # revoked: nothing changes
-    assert store.set_limits(secrets_hex(), rpm=5, tpm=None) is False
+    assert store.set_limits(key_id, rpm=5) is None  # revoked: nothing changes
+    assert store.set_limits(secrets_hex(), rpm=5) is None
 
 
 def secrets_hex() -> str:

@@ -321,28 +321,44 @@ class ApiKeyStore:
         self._forget(key_id)
         return revoked
 
-    def set_limits(self, key_id: str, *, rpm: int | None, tpm: int | None) -> bool:
-        """Replace a key's rate limits (None = not limited); ``False`` when no active key has
-        this id. Takes effect at once in this process, within ``ttl_s`` in others."""
+    def set_limits(
+        self, key_id: str, **changes: int | None
+    ) -> tuple[int | None, int | None] | None:
+        """Change a key's rate limits in one statement: ``rpm`` and/or ``tpm`` (requests and
+        tokens per minute; None lifts that limit; one not given stays as it is). The limits
+        it then has, ``(rpm, tpm)``; None when no active key has this id. Takes effect at
+        once in this process, within ``ttl_s`` in others."""
         if not _KEY_ID_RE.fullmatch(key_id):
             raise InvalidKeyArgument("a key id is 16 lowercase hex characters (see `keys list`)")
+        if unknown := set(changes) - {"rpm", "tpm"}:
+            raise InvalidKeyArgument(f"no such limit: {', '.join(sorted(unknown))}")
         try:
-            check_limit("rpm", rpm)
-            check_limit("tpm", tpm)
+            for name, value in changes.items():
+                check_limit(name, value)
         except ValueError as exc:
             raise InvalidKeyArgument(str(exc)) from None
+        params = {
+            "key_id": key_id,
+            "set_rpm": "rpm" in changes,
+            "rpm": changes.get("rpm"),
+            "set_tpm": "tpm" in changes,
+            "tpm": changes.get("tpm"),
+        }
 
-        def update(conn: Conn) -> bool:
-            done = conn.execute(
-                "UPDATE api_keys SET rpm_limit = %s, tpm_limit = %s"
-                " WHERE key_id = %s AND revoked_at IS NULL RETURNING key_id",
-                (rpm, tpm, key_id),
+        def update(conn: Conn) -> tuple[int | None, int | None] | None:
+            row = conn.execute(
+                "UPDATE api_keys SET"
+                " rpm_limit = CASE WHEN %(set_rpm)s THEN %(rpm)s::integer ELSE rpm_limit END,"
+                " tpm_limit = CASE WHEN %(set_tpm)s THEN %(tpm)s::integer ELSE tpm_limit END"
+                " WHERE key_id = %(key_id)s AND revoked_at IS NULL"
+                " RETURNING rpm_limit, tpm_limit",
+                params,
             ).fetchone()
-            return done is not None
+            return None if row is None else (row[0], row[1])
 
-        changed = self._run(update, retry=False)
+        limits = self._run(update, retry=False)
         self._forget(key_id)
-        return changed
+        return limits
 
     def list(self, tenant: str | None = None) -> builtins.list[ApiKeyInfo]:
         """Every key (of ``tenant`` when given), oldest first; secrets are never stored."""

@@ -160,14 +160,14 @@ def _cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_limits(settings: Settings, args: argparse.Namespace) -> int:
+    changes = {name: getattr(args, name) for name in ("rpm", "tpm")}
     with _key_store(settings) as store:
-        current = next((k for k in store.list() if k.key_id == args.key_id), None)
-        if current is None or current.revoked_at is not None:
-            raise ApiKeyError(f"no active key {args.key_id} (unknown or revoked)")
-        rpm = current.rpm_limit if args.rpm is _KEEP else args.rpm
-        tpm = current.tpm_limit if args.tpm is _KEEP else args.tpm
-        if not store.set_limits(args.key_id, rpm=rpm, tpm=tpm):
-            raise ApiKeyError(f"no active key {args.key_id} (unknown or revoked)")
+        limits = store.set_limits(
+            args.key_id, **{k: v for k, v in changes.items() if v is not _KEEP}
+        )
+    if limits is None:
+        raise ApiKeyError(f"no active key {args.key_id} (unknown or revoked)")
+    rpm, tpm = limits
     print(f"{args.key_id}  rpm {rpm or 'unlimited'}  tpm {tpm or 'unlimited'}")
     return 0
 
