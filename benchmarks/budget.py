@@ -34,7 +34,8 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -257,15 +258,40 @@ def pin(redis_pid: int) -> dict[str, Any]:
         return {"pinned": False, "why": str(exc)}
 
 
+@contextmanager
+def own_stack(name: str, port_base: int, only: list[str]) -> Iterator[tuple[Settings, Any]]:
+    """The components ``only`` of a fresh stack in ``.soma-bench/<name>``, this process on
+    the client core and Redis on its own: ``(settings, placement)``; stopped at the end."""
+    state = ROOT / ".soma-bench" / name
+    env = {**os.environ, "SOMA_STATE_DIR": str(state), "SOMA_PORT_BASE": str(port_base)}
+    settings = load_settings(env)
+    if state.exists():
+        Supervisor(settings).down()
+        shutil.rmtree(state)
+    supervisor = Supervisor(settings, progress=log)
+    supervisor.up(only=only)
+    try:
+        record = supervisor.record("redis")
+        assert record is not None
+        yield settings, pin(record.pid)
+    finally:
+        supervisor.down()
+
+
+def median_at(rounds: list[dict[str, Any]], *path: str) -> float:
+    """The median over rounds of the value at ``path``."""
+    values: list[float] = []
+    for r in rounds:
+        node: Any = r
+        for part in path:
+            node = node[part]
+        values.append(node)
+    return round(statistics.median(values), 4)
+
+
 def verdict(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     def median(path: tuple[str, ...]) -> float:
-        values: list[float] = []
-        for r in rounds:
-            node: Any = r
-            for part in path:
-                node = node[part]
-            values.append(node)
-        return round(statistics.median(values), 4)
+        return median_at(rounds, *path)
 
     out: dict[str, Any] = {"target_p99_ms": TARGET_P99_MS, "statistic": "median over rounds"}
     out["ping_p50_ms"] = median(("ping", "p50_ms"))
@@ -299,18 +325,7 @@ def main() -> None:
     parser.add_argument("--port-base", type=int, default=26700)
     args = parser.parse_args()
 
-    state = ROOT / ".soma-bench" / "budget"
-    env = {**os.environ, "SOMA_STATE_DIR": str(state), "SOMA_PORT_BASE": str(args.port_base)}
-    settings = load_settings(env)
-    if state.exists():
-        Supervisor(settings).down()
-        shutil.rmtree(state)
-    supervisor = Supervisor(settings, progress=log)
-    supervisor.up(only=["redis", "postgres"])
-    try:
-        record = supervisor.record("redis")
-        assert record is not None
-        placement = pin(record.pid)
+    with own_stack("budget", args.port_base, ["redis", "postgres"]) as (settings, placement):
         try:
             import uvloop
 
@@ -320,8 +335,6 @@ def main() -> None:
         load_before = open("/proc/loadavg").read().split()[:3]
         with runner:
             report = runner.run(measure(settings, args.ops, args.clients, args.rounds))
-    finally:
-        supervisor.down()
     report = {
         "benchmark": "budget",
         "pairs_per_mode_and_round": args.ops,

@@ -21,10 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import secrets
-import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,13 +30,11 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from budget import ROOT, TARGET_P99_MS, elapsed_ns, log, pin, stats  # noqa: E402
+from budget import TARGET_P99_MS, elapsed_ns, median_at, own_stack, stats  # noqa: E402
 
 from somaagent.adapters.redis_rate_limit import RedisRateLimiter  # noqa: E402
 from somaagent.adapters.resp import RespClient  # noqa: E402
 from somaagent.domain.rate_limits import RateLimits  # noqa: E402
-from somaagent.settings import load_settings  # noqa: E402
-from somaagent.stack import Supervisor  # noqa: E402
 
 LIMITS = RateLimits(rpm=10**9, tpm=10**9)
 WORST, USED = 4_200, 380  # a call's hold and what it used
@@ -113,13 +108,7 @@ async def measure(url: str, n: int, clients: int, rounds: int) -> dict[str, Any]
 
 def verdict(rounds: list[dict[str, Any]], clients: int) -> dict[str, Any]:
     def median(*path: str) -> float:
-        values = []
-        for r in rounds:
-            node: Any = r
-            for part in path:
-                node = node[part]
-            values.append(node)
-        return round(statistics.median(values), 4)
+        return median_at(rounds, *path)
 
     out: dict[str, Any] = {"target_p99_ms": TARGET_P99_MS, "statistic": "median over rounds"}
     out["ping_p50_ms"], out["ping_p99_ms"] = median("ping", "p50_ms"), median("ping", "p99_ms")
@@ -139,26 +128,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--port-base", type=int, default=26800)
     args = parser.parse_args()
-    state = ROOT / ".soma-bench" / "rate-limit"
-    env = {**os.environ, "SOMA_STATE_DIR": str(state), "SOMA_PORT_BASE": str(args.port_base)}
-    settings = load_settings(env)
-    if state.exists():
-        Supervisor(settings).down()
-        shutil.rmtree(state)
-    supervisor = Supervisor(settings, progress=log)
-    supervisor.up(only=["redis"])
-    try:
-        record = supervisor.record("redis")
-        assert record is not None
-        placement = pin(record.pid)
+    with own_stack("rate-limit", args.port_base, ["redis"]) as (settings, placement):
         import uvloop
 
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             report = runner.run(
                 measure(settings.url("redis_url"), args.ops, args.clients, args.rounds)
             )
-    finally:
-        supervisor.down()
     print(
         json.dumps(
             {
