@@ -117,8 +117,9 @@ class RateGate:
     ) -> None:
         if pending.cancelled() or pending.exception() is not None:
             return
-        if pending.result().admitted and limits.tpm is not None:
-            self.in_background(key_id, hold_id, 0)
+        decision = pending.result()
+        if decision.admitted:
+            RateHold(self, key_id, hold_id, limits, decision).release()
 
     def in_background(self, key_id: str, hold_id: str, tokens: int) -> None:
         """Send the settle now (it goes out ahead of any later admission on the connection)
