@@ -72,6 +72,7 @@ from somaagent.service.health import HealthCheck
 from somaagent.service.ingest import Ingestor
 from somaagent.service.model_stats import ModelStatsCache
 from somaagent.service.rate_limits import RateGate
+from somaagent.service.upstream_slots import UpstreamSlots
 from somaagent.service.verdict_cache import VerdictCache
 from somaagent.service.worker import WorkerStats, run_worker
 from somaagent.settings import Settings
@@ -247,6 +248,7 @@ def build_catalog(settings: Settings) -> Catalog:
     values = {
         "PRIMARY_MODEL_URL": settings.url("primary_model_url"),
         "ESCALATION_MODEL_URL": settings.url("escalation_model_url"),
+        "MODEL_PARALLEL": str(settings.model_parallel),
     }
     return load_catalog(render_catalog(text, values))
 
@@ -293,7 +295,10 @@ def build_chat(
             client=client,
             counter=UsageCounter(client),
             breaker=CircuitBreaker(BreakerConfig()),
+            slots=UpstreamSlots(entry.concurrency) if entry.concurrency else None,
         )
+    capped = {m: u.slots for m, u in upstreams.items() if u.slots is not None}
+    metrics.watch_slots(lambda: {m: slots.snapshot() for m, slots in capped.items()})
     return ChatService(
         catalog=catalog,
         upstreams=upstreams,

@@ -82,13 +82,22 @@ def open_chat(port: int, body: dict[str, Any], session: str, key: str = "") -> s
     return sock
 
 
+def packaged_catalog(parallel: int = 4) -> dict[str, Any]:
+    """The packaged catalog as YAML data, its endpoints still placeholders and its local
+    models' slots ``parallel`` (a placeholder dumped back would be a quoted string)."""
+    data: dict[str, Any] = yaml.safe_load(
+        default_catalog_text().replace("${MODEL_PARALLEL}", str(parallel))
+    )
+    return data
+
+
 def catalog_with_replica(
     stack: Settings, path: Path, primary_url: str, **primary: Any
 ) -> dict[str, Any]:
     """Write to ``path`` the packaged catalog with its primary at ``primary_url`` (and the
     ``primary`` fields given) plus a replica of it at the stack's own primary server, priced
     like the primary (the gateway refuses to serve an unpriced model); return the replica."""
-    catalog = yaml.safe_load(default_catalog_text())
+    catalog = packaged_catalog()
     entry = next(m for m in catalog["models"] if m["tier"] == "primary")
     replica = {**entry, "model_id": REPLICA, "base_url": stack.url("primary_model_url")}
     entry.update(base_url=primary_url, **primary)

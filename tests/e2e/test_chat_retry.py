@@ -20,10 +20,9 @@ import pytest
 import yaml
 
 from somaagent.bootstrap import Container
-from somaagent.domain.routing import default_catalog_text
 from somaagent.stack import Supervisor
 from tests.conftest import fresh_state, make_settings
-from tests.e2e.gateway_support import free_port, open_chat, running_gateway
+from tests.e2e.gateway_support import free_port, open_chat, packaged_catalog, running_gateway
 from tests.e2e.test_chat_gateway import client, events_for
 from tests.integration.telemetry_support import wait_until
 
@@ -44,7 +43,7 @@ def test_an_upstream_that_comes_up_late_answers_through_retries(
     late_primary: Supervisor, pipeline: tuple[Container, dict[str, str]]
 ) -> None:
     worker, env = pipeline
-    catalog = yaml.safe_load(default_catalog_text())
+    catalog = packaged_catalog()
     primary = next(m for m in catalog["models"] if m["tier"] == "primary")
     primary["base_url"] = late_primary.settings.url("primary_model_url")
     late_primary.settings.state_dir.mkdir(parents=True, exist_ok=True)

@@ -28,11 +28,10 @@ import yaml
 from somaagent.adapters.ratecards_store import RateCardStore
 from somaagent.bootstrap import Container
 from somaagent.domain.ratecards import default_ratecards_text, parse_ratecards
-from somaagent.domain.routing import default_catalog_text
 from somaagent.settings import Settings
 from tests.conftest import TEST_STATE_ROOT
 from tests.e2e.budget_support import gateway_url, make_keys, new_tenant
-from tests.e2e.gateway_support import running_gateway
+from tests.e2e.gateway_support import packaged_catalog, running_gateway
 from tests.e2e.test_chat_gateway import COMPLEX, events_for
 from tests.integration.telemetry_support import wait_until
 
@@ -72,7 +71,7 @@ def gpu_cost(gpu_ms: object) -> Decimal:
 def priced_catalog(stack: Settings) -> Iterator[Path]:
     """A catalog with two token-priced aliases of the stack's primary llama-server, and
     their rate card (the packaged cards too: the gateway refuses an unpriced live model)."""
-    catalog = yaml.safe_load(default_catalog_text())
+    catalog = packaged_catalog()
     primary = next(m for m in catalog["models"] if m["model_id"] == PRIMARY)
     for alias, (inp, out, cin) in PRICES.items():
         catalog["models"].append(

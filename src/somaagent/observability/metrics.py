@@ -19,7 +19,7 @@ decimal, lives in the ClickHouse event store and the Postgres ledger.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any, get_args
 
@@ -33,6 +33,7 @@ from somaagent.observability._pipeline import (
     PublisherStatsLike,
     WorkerStatsLike,
 )
+from somaagent.observability._slots import SlotsCollector, SlotsSnapshotLike
 
 __all__ = [
     "AUDIO_FAILURE_REASONS",
@@ -369,6 +370,11 @@ class GatewayMetrics:
                 members[key] = ratio
                 value = min(members.values())
         self.budget_remaining.labels(*labels).set(value)
+
+    def watch_slots(self, read: Callable[[], Mapping[str, SlotsSnapshotLike]]) -> None:
+        """Report the upstreams' concurrency (``read``: model id -> its slots' snapshot) at
+        every scrape."""
+        self.registry.register(SlotsCollector(read, self.guard))
 
     # ------------------------------------------------------------------ pipeline
     def collect_pipeline(

@@ -16,6 +16,7 @@ from somaagent.adapters.upstream import (
     Measurements,
     UpstreamClient,
     UpstreamError,
+    UpstreamResult,
     Usage,
     UsageCounter,
 )
@@ -54,8 +55,10 @@ from somaagent.service.call_records import (
     span_attributes,
     span_results,
 )
+from somaagent.service.chat_errors import every_upstream_failed, rejected, route_headers
 from somaagent.service.escalation_notice import escalation_notice
 from somaagent.service.rate_limits import RateGate, RateHold
+from somaagent.service.upstream_slots import Shed, Slot, UpstreamSlots
 
 __all__ = [
     "ChatOutcome",
@@ -78,12 +81,14 @@ class Publisher(Protocol):
 
 @dataclass
 class Upstream:
-    """One live model: its client, exact token counter and circuit breaker."""
+    """One live model: its client, exact token counter, circuit breaker and, when the
+    catalog caps its concurrency, its slots."""
 
     entry: ModelEntry
     client: UpstreamClient
     counter: UsageCounter
     breaker: CircuitBreaker
+    slots: UpstreamSlots | None = None
 
 
 class ClientGone(Exception):
@@ -96,29 +101,6 @@ class ChatOutcome:
 
     body: dict[str, Any]
     headers: dict[str, str]
-
-
-def route_headers(entry: ModelEntry) -> dict[str, str]:
-    """The response headers that say which model answered and on which tier."""
-    return {
-        "x-soma-model": entry.model_id,
-        "x-soma-tier": entry.tier,
-        "x-soma-escalated": "true" if entry.tier == "escalation" else "false",
-    }
-
-
-def rejected(exc: UpstreamError, entry: ModelEntry) -> RequestError:
-    """The client's error for a 4xx the upstream gave about the request itself."""
-    if exc.exceeds_context:
-        return RequestError(
-            400,
-            f"the prompt and max_tokens do not fit the context window of {entry.model_id}"
-            f" ({entry.context_window} tokens), nor of any other model this call may use: {exc}",
-            param="messages",
-            code="context_length_exceeded",
-        )
-    status = exc.status if exc.status is not None else 400
-    return RequestError(status, f"upstream rejected the request: {exc}", code="upstream_rejected")
 
 
 @dataclass(slots=True)
@@ -384,27 +366,31 @@ class ChatService:
                 self.left(turn, records)
             entry = candidates.pop(0)
             up = self.upstreams[entry.model_id]
-            if not await self.may_try(adm, entry, attempts):
+            slot = await self.ready(adm, entry, attempts)
+            if slot is None:
                 continue
+            if slot.waited_ms and gone is not None and gone():  # it left while it waited
+                slot.release()
+                self.left(turn, records)
             body = request.upstream_body(entry.model_id)
             started = time.perf_counter()
             span = self.tracing.start(
                 f"chat {entry.model_id}", self.span_attributes(entry, request)
             )
             try:
-                result = await up.client.chat(
+                result = await self.send(
+                    up,
+                    slot,
                     body,
                     timeout_s=self.timeout(adm, entry),
                     traceparent=self.tracing.traceparent(span, ctx.trace.traceparent),
                 )
             except UpstreamError as exc:
-                self.tracing.end(span, f"upstream_{exc.kind}")
                 records.append(
-                    self.failed_attempt(
-                        entry, exc, attempts, started, received, reason, self.timeout(adm, entry)
+                    await self.attempt_failed(
+                        span, adm, entry, exc, attempts, started, received, reason
                     )
                 )
-                await self.settle(adm, entry, records[-1])
                 self.end_if_refused(
                     turn, records, exc, entry, candidates, answered=deferred is not None
                 )
@@ -418,9 +404,7 @@ class ChatService:
             text = "".join(c.text for c in result.choices)
             record = self.ok_record(entry, usage, result.measurements, started, received, reason)
             record.completion_chars = len(text)
-            self.end_span(span, record)
-            await self.settle(adm, entry, record)
-            attempts.append({"model_id": entry.model_id, "status": "ok"})
+            await self.attempt_answered(span, adm, entry, record, attempts)
             escalation = self.escalate_on(upstream_signal(text), entry, request, caller, tree)
             if escalation is not None:
                 record.status = "fallback"
@@ -454,6 +438,64 @@ class ChatService:
         tree["attempts"] = []
         return Turn(request, caller, ctx, tree, adm, hold)
 
+    async def ready(
+        self, adm: Admission | None, entry: ModelEntry, attempts: list[dict[str, Any]]
+    ) -> Slot | None:
+        """The next attempt's place on ``entry``'s upstream, if its circuit is closed, its
+        worst case fits the budget and a slot is free or frees in time; else None (the
+        reason listed in ``attempts``)."""
+        if not await self.may_try(adm, entry, attempts):
+            return None
+        return await self.slot_for(adm, entry, attempts)
+
+    @staticmethod
+    async def send(
+        up: Upstream,
+        slot: Slot,
+        body: dict[str, Any],
+        *,
+        timeout_s: float,
+        traceparent: str | None,
+    ) -> UpstreamResult:
+        """The upstream's answer to ``body``; ``slot`` is released once the call is over."""
+        try:
+            return await up.client.chat(body, timeout_s=timeout_s, traceparent=traceparent)
+        finally:
+            slot.release()
+
+    async def attempt_answered(
+        self,
+        span: Any,
+        adm: Admission | None,
+        entry: ModelEntry,
+        record: CallRecord,
+        attempts: list[dict[str, Any]],
+    ) -> None:
+        """End the answered attempt's span, settle its budget, list it in ``attempts``."""
+        self.end_span(span, record)
+        await self.settle(adm, entry, record)
+        attempts.append({"model_id": entry.model_id, "status": "ok"})
+
+    async def attempt_failed(
+        self,
+        span: Any,
+        adm: Admission | None,
+        entry: ModelEntry,
+        exc: UpstreamError,
+        attempts: list[dict[str, Any]],
+        started: float,
+        received: float,
+        reason: str,
+    ) -> CallRecord:
+        """End the failed attempt's span; its record (see ``failed_attempt``), its budget
+        reservation settled."""
+        self.tracing.end(span, f"upstream_{exc.kind}")
+        record = self.failed_attempt(
+            entry, exc, attempts, started, received, reason, self.timeout(adm, entry)
+        )
+        await self.settle(adm, entry, record)
+        return record
+
     async def may_try(
         self, adm: Admission | None, entry: ModelEntry, attempts: list[dict[str, Any]]
     ) -> bool:
@@ -474,6 +516,28 @@ class ChatService:
         if not fits:
             attempts.append({"model_id": entry.model_id, "skipped": "over_budget"})
         return fits
+
+    async def slot_for(
+        self, adm: Admission | None, entry: ModelEntry, attempts: list[dict[str, Any]]
+    ) -> Slot | None:
+        """A place on ``entry``'s upstream for the next attempt (at once when the catalog
+        sets it no limit), waiting in its queue if need be; None when the call was shed,
+        which ``attempts`` then lists."""
+        slots = self.upstreams[entry.model_id].slots
+        if slots is None:
+            return Slot(None, 0.0)
+        got = slots.try_take() or await slots.take(self.timeout(adm, entry))
+        if isinstance(got, Shed):
+            attempts.append(
+                {
+                    "model_id": entry.model_id,
+                    "skipped": "overloaded",
+                    "queue": got.reason,
+                    "waited_ms": round(got.waited_ms, 3),
+                }
+            )
+            return None
+        return got
 
     def ok_record(
         self,
@@ -551,20 +615,10 @@ class ChatService:
         raise ClientGone()
 
     def all_failed(self, turn: Turn, records: list[CallRecord]) -> NoReturn:
-        """Account for the failed attempts and answer 503 naming each one."""
+        """Account for the failed attempts and answer 503 naming each one (see
+        :func:`every_upstream_failed`)."""
         self.account(turn, records)
-        tried = (
-            ", ".join(
-                f"{a['model_id']}: {a.get('error') or a.get('skipped')}" for a in turn.attempts
-            )
-            or "no live upstream"
-        )
-        raise RequestError(
-            503,
-            f"every upstream failed ({tried})",
-            code="upstream_unavailable",
-            kind="server_error",
-        )
+        raise every_upstream_failed(turn.attempts)
 
     def escalate_on(
         self,

@@ -37,6 +37,7 @@ from somaagent.domain.routing.signals import signal_pending, upstream_signal
 from somaagent.service.admission import Admission
 from somaagent.service.call_events import CallRecord
 from somaagent.service.chat import ChatService, Turn, route_headers
+from somaagent.service.upstream_slots import Slot
 
 __all__ = ["StreamBody", "open_stream"]
 
@@ -96,28 +97,26 @@ async def _connect(
         while queue:
             entry = queue.pop(0)
             up = service.upstreams[entry.model_id]
-            if not await service.may_try(adm, entry, turn.attempts):
+            slot = await service.ready(adm, entry, turn.attempts)
+            if slot is None:
                 continue
-            state = current = _Stream(service, turn, entry, failed, reason, received)
+            state = current = _Stream(service, turn, entry, failed, reason, received, slot)
             upstream = state.start(adm)
             try:
                 first = await upstream.__anext__()
             except (UpstreamError, StopAsyncIteration) as exc:
                 current = None
                 await upstream.aclose()
+                slot.release()
                 error = (
                     exc
                     if isinstance(exc, UpstreamError)
                     else UpstreamError("protocol", "stream ended before any chunk")
                 )
-                service.tracing.end(state.span, f"upstream_{error.kind}")
-                timeout_s = service.timeout(adm, entry)
-                failed.append(
-                    service.failed_attempt(
-                        entry, error, turn.attempts, state.started, received, reason, timeout_s
-                    )
+                record = await service.attempt_failed(
+                    state.span, adm, entry, error, turn.attempts, state.started, received, reason
                 )
-                await service.settle(adm, entry, failed[-1])
+                failed.append(record)
                 service.end_if_refused(
                     turn, failed, error, entry, queue, answered=deferred is not None
                 )
@@ -295,8 +294,10 @@ class _Stream:
         failed: list[CallRecord],
         reason: str,
         received: float,
+        slot: Slot,
     ) -> None:
         self.service, self.turn = service, turn
+        self.slot = slot  # released once the upstream request is over
         self.entry, self.failed, self.reason = entry, failed, reason
         self.received = received
         self.started = time.perf_counter()
@@ -392,12 +393,16 @@ class _Stream:
         return chunk.sse()
 
     async def _interrupted(self, upstream: AsyncGenerator[StreamEvent, None]) -> None:
-        await upstream.aclose()
+        try:
+            await upstream.aclose()
+        finally:
+            self.slot.release()
         await self._settle(self.acc.summary(), interrupted=True)
 
     async def _settle(
         self, summary: StreamSummary, *, interrupted: bool, error: UpstreamError | None = None
     ) -> tuple[Decimal, bytes, str | None]:
+        self.slot.release()
         try:
             return await self._account(summary, interrupted=interrupted, error=error)
         finally:
@@ -445,7 +450,9 @@ class _Stream:
         self, summary: StreamSummary, *, interrupted: bool, error: UpstreamError | None = None
     ) -> tuple[CallRecord, Usage | None]:
         """The attempt's record from ``summary`` and its exact usage (None: it could not be
-        counted), priced, its budget settled."""
+        counted), priced, its budget settled. The upstream request is over: its slot is
+        released."""
+        self.slot.release()
         service, entry = self.service, self.entry
         up = service.upstreams[entry.model_id]
         try:

@@ -13,6 +13,7 @@ __all__ = [
     "DEFAULT_DEVELOPER_PERSONAS",
     "DEFAULT_DEVELOPER_ROLES",
     "MS_PER_HOUR",
+    "Concurrency",
     "TIERS",
     "GpuPricing",
     "ModelEntry",
@@ -71,6 +72,21 @@ Pricing = TokenPricing | GpuPricing
 
 
 @dataclass(frozen=True, slots=True)
+class Concurrency:
+    """How many calls one gateway process sends a model at once, and how it waits for room.
+
+    ``max_in_flight`` calls run at a time (a llama.cpp server's ``--parallel`` slots); up to
+    ``max_queued`` more wait, in arrival order, at most ``max_wait_ms`` each. A call that
+    finds the queue full (``max_queued: 0``: at once) or waits its longest goes to the next
+    candidate model; when none is left the client gets 503 ``upstream_overloaded``.
+    """
+
+    max_in_flight: int
+    max_queued: int
+    max_wait_ms: float
+
+
+@dataclass(frozen=True, slots=True)
 class ModelEntry:
     """One model the router may send requests to.
 
@@ -93,6 +109,7 @@ class ModelEntry:
     latency_sla_ms: Mapping[str, float] = field(default_factory=_default_sla, hash=False)
     license: str | None = None
     tags: tuple[str, ...] = ()
+    concurrency: Concurrency | None = None  # None: no cap in the gateway
 
     @property
     def live(self) -> bool:

@@ -41,6 +41,10 @@ class FieldReader:
         """Whether ``field`` is present (even if null)."""
         return field in self._raw
 
+    def raw(self, field: str) -> object:
+        """The value of ``field`` as written (None when absent)."""
+        return self._raw.get(field)
+
     def _get(self, field: str, required: bool) -> object:
         if field not in self._raw:
             if required:
@@ -75,14 +79,28 @@ class FieldReader:
             raise self.error(field, f"expected true or false, got {_kind(value)}")
         return value
 
-    def integer(self, field: str, *, minimum: int) -> int:
-        """A required integer ``>= minimum`` (booleans are not integers here)."""
-        value = self._get(field, required=True)
+    def integer(self, field: str, *, minimum: int, default: int | None = None) -> int:
+        """An integer ``>= minimum`` (booleans are not integers here); required unless
+        ``default`` is given."""
+        value = self._get(field, required=default is None)
+        if value is None and default is not None:
+            return default
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(field, f"expected an integer, got {_kind(value)}")
         if value < minimum:
             raise self.error(field, f"must be >= {minimum}, got {value}")
         return value
+
+    def number(self, field: str, *, default: float) -> float:
+        """A positive, finite number (an integer or a YAML float); ``default`` when absent."""
+        value = self._get(field, required=False)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(field, f"expected a number, got {_kind(value)}")
+        if not 0 < value < float("inf"):
+            raise self.error(field, f"must be a positive, finite number, got {value!r}")
+        return float(value)
 
     def price(self, field: str) -> Decimal:
         """A required non-negative USD amount written as a quoted decimal or an integer.

@@ -23,6 +23,7 @@ from somaagent.domain.routing._entry import (
     DEFAULT_DEVELOPER_PERSONAS,
     DEFAULT_DEVELOPER_ROLES,
     TIERS,
+    Concurrency,
     GpuPricing,
     ModelEntry,
     Pricing,
@@ -75,8 +76,13 @@ _ENTRY_KEYS = frozenset(
         "latency_sla_ms",
         "license",
         "tags",
+        "concurrency",
     }
 )
+_CONCURRENCY_KEYS = frozenset({"max_in_flight", "max_queued", "max_wait_ms"})
+# Unless the catalog says otherwise: 8 waiting calls per running one, 30 s each at most.
+DEFAULT_QUEUED_PER_SLOT = 8
+DEFAULT_MAX_WAIT_MS = 30_000.0
 _TOKEN_PRICE_KEYS = ("input_per_1k", "output_per_1k", "cached_input_per_1k")
 _GPU_PRICE_KEYS = ("gpu_hour_usd", "gpus")
 _PRICING_KEYS = frozenset(_TOKEN_PRICE_KEYS + _GPU_PRICE_KEYS)
@@ -238,7 +244,18 @@ def _entry(raw: object, index: int) -> ModelEntry:
         latency_sla_ms=MappingProxyType(fields.milliseconds("latency_sla_ms")),
         license=fields.optional_text("license"),
         tags=tags,
+        concurrency=_concurrency(fields),
     )
+
+
+def _concurrency(fields: FieldReader) -> Concurrency | None:
+    if not fields.has("concurrency") or fields.raw("concurrency") is None:
+        return None
+    limits = fields.nested("concurrency", _CONCURRENCY_KEYS)
+    in_flight = limits.integer("max_in_flight", minimum=1)
+    queued = limits.integer("max_queued", minimum=0, default=DEFAULT_QUEUED_PER_SLOT * in_flight)
+    wait = limits.number("max_wait_ms", default=DEFAULT_MAX_WAIT_MS)
+    return Concurrency(max_in_flight=in_flight, max_queued=queued, max_wait_ms=wait)
 
 
 def _tier(fields: FieldReader) -> Tier:

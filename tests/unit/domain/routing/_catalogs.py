@@ -7,6 +7,7 @@ from somaagent.domain.routing import Catalog, default_catalog_text, load_catalog
 LOCAL_URLS = {
     "PRIMARY_MODEL_URL": "http://127.0.0.1:18081/v1",
     "ESCALATION_MODEL_URL": "http://127.0.0.1:18082/v1",
+    "MODEL_PARALLEL": "4",
 }
 
 

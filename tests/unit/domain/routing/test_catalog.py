@@ -10,6 +10,7 @@ import pytest
 from somaagent.domain.routing import (
     Catalog,
     CatalogError,
+    Concurrency,
     GpuPricing,
     TokenPricing,
     default_catalog_text,
@@ -87,7 +88,9 @@ def test_render_substitutes_and_refuses_unknown_or_unsafe_values() -> None:
         "a: http://h:1\nb: http://h:1/v1"
     )
     with pytest.raises(CatalogError, match=r"placeholder \$\{ESCALATION_MODEL_URL\}: no value"):
-        render_catalog(default_catalog_text(), {"PRIMARY_MODEL_URL": "http://h:1/v1"})
+        render_catalog(
+            default_catalog_text(), {"PRIMARY_MODEL_URL": "http://h:1/v1", "MODEL_PARALLEL": "4"}
+        )
     for bad in ('http://h:1"\nx: 1', "http://h:1 #", "a\\b"):
         with pytest.raises(CatalogError, match=r"placeholder \$\{X\}: value contains"):
             render_catalog("a: ${X}", {"X": bad})
@@ -219,12 +222,56 @@ def _one_line(exc: pytest.ExceptionInfo[CatalogError]) -> str:
             entry_yaml("m", "primary").replace("    tier: primary\n", ""),
             "model 'm': field 'tier': required",
         ),
+        (
+            entry_yaml("m", "primary") + "    concurrency:\n      max_queued: 3\n",
+            "model 'm': field 'concurrency': field 'max_in_flight': required",
+        ),
+        (
+            entry_yaml("m", "primary") + "    concurrency:\n      max_in_flight: 0\n",
+            "field 'concurrency': field 'max_in_flight': must be >= 1, got 0",
+        ),
+        (
+            entry_yaml("m", "primary") + '    concurrency:\n      max_in_flight: "4"\n',
+            "field 'max_in_flight': expected an integer, got string '4'",
+        ),
+        (
+            entry_yaml("m", "primary")
+            + "    concurrency:\n      max_in_flight: 2\n      max_queued: -1\n",
+            "field 'max_queued': must be >= 0, got -1",
+        ),
+        (
+            entry_yaml("m", "primary")
+            + "    concurrency:\n      max_in_flight: 2\n      max_wait_ms: 0\n",
+            "field 'max_wait_ms': must be a positive, finite number, got 0",
+        ),
+        (
+            entry_yaml("m", "primary")
+            + "    concurrency:\n      max_in_flight: 2\n      burst: 9\n",
+            "model 'm': field 'concurrency': unknown field 'burst'",
+        ),
     ],
 )
 def test_entry_errors_name_the_model_and_field(entry: str, expected: str) -> None:
     with pytest.raises(CatalogError) as exc:
         catalog_of(entry)
     assert expected in _one_line(exc)
+
+
+def test_concurrency_defaults_and_the_local_models_slots() -> None:
+    capped = entry_yaml("a", "primary") + "    concurrency:\n      max_in_flight: 3\n"
+    exact = (
+        entry_yaml("b", "primary")
+        + "    concurrency:\n      max_in_flight: 1\n      max_queued: 0\n"
+        + "      max_wait_ms: 250.5\n"
+    )
+    catalog = catalog_of(capped + exact + entry_yaml("c", "primary"))
+    assert catalog.get("a").concurrency == Concurrency(3, 24, 30_000.0)  # type: ignore[union-attr]
+    assert catalog.get("b").concurrency == Concurrency(1, 0, 250.5)  # type: ignore[union-attr]
+    assert catalog.get("c").concurrency is None  # type: ignore[union-attr]
+    two_slots = {**LOCAL_URLS, "MODEL_PARALLEL": "2"}
+    local = load_catalog(render_catalog(default_catalog_text(), two_slots))
+    assert [e.concurrency for e in local.live()] == [Concurrency(2, 16, 30_000.0)] * 2
+    assert all(e.concurrency is None for e in local if not e.live)
 
 
 def test_disabled_entry_may_lack_endpoint_and_sit_on_a_moving_ref() -> None:

@@ -1,0 +1,57 @@
+"""The client's errors and headers for a call's attempts: which model answered, what the
+upstream refused, and why no upstream answered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from somaagent.adapters.upstream import UpstreamError
+from somaagent.domain.chat_request import RequestError
+from somaagent.domain.routing import ModelEntry
+
+__all__ = ["every_upstream_failed", "rejected", "route_headers"]
+
+
+def route_headers(entry: ModelEntry) -> dict[str, str]:
+    """The response headers that say which model answered and on which tier."""
+    return {
+        "x-soma-model": entry.model_id,
+        "x-soma-tier": entry.tier,
+        "x-soma-escalated": "true" if entry.tier == "escalation" else "false",
+    }
+
+
+def rejected(exc: UpstreamError, entry: ModelEntry) -> RequestError:
+    """The client's error for a 4xx the upstream gave about the request itself."""
+    if exc.exceeds_context:
+        return RequestError(
+            400,
+            f"the prompt and max_tokens do not fit the context window of {entry.model_id}"
+            f" ({entry.context_window} tokens), nor of any other model this call may use: {exc}",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    status = exc.status if exc.status is not None else 400
+    return RequestError(status, f"upstream rejected the request: {exc}", code="upstream_rejected")
+
+
+def every_upstream_failed(attempts: list[dict[str, Any]]) -> RequestError:
+    """503 naming each attempt; ``upstream_overloaded`` with a Retry-After when none failed
+    and one or more models were at their concurrency limit."""
+    tried = (
+        ", ".join(f"{a['model_id']}: {a.get('error') or a.get('skipped')}" for a in attempts)
+        or "no live upstream"
+    )
+    if any(a.get("skipped") == "overloaded" for a in attempts) and not any(
+        "error" in a for a in attempts
+    ):
+        return RequestError(
+            503,
+            f"every model this call may use is at its concurrency limit ({tried}); retry shortly",
+            code="upstream_overloaded",
+            kind="server_error",
+            headers={"retry-after": "1"},
+        )
+    return RequestError(
+        503, f"every upstream failed ({tried})", code="upstream_unavailable", kind="server_error"
+    )

@@ -1,0 +1,144 @@
+"""How many calls this process has in flight to one upstream model, and who waits for room.
+
+A model with ``concurrency`` in the catalog gets an :class:`UpstreamSlots`: ``max_in_flight``
+calls at a time; up to ``max_queued`` more wait in arrival order, at most ``max_wait_ms``
+each (and never past the call's own deadline). A freed slot goes straight to the first
+waiter, so a newcomer never overtakes the queue. A call that finds the queue full, or waits
+its longest, is *shed*: the router moves on to the next candidate model. A waiter whose
+request is cancelled leaves the queue, and a slot handed to it just as it was cancelled is
+passed on, so no slot is ever lost.
+
+The limit is per gateway process: with N replicas in front of one server, give each
+``max_in_flight`` of the server's slots divided by N.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+from somaagent.domain.routing import Concurrency
+
+__all__ = ["Shed", "ShedReason", "Slot", "SlotsSnapshot", "UpstreamSlots"]
+
+ShedReason = Literal["queue_full", "queue_timeout"]
+
+
+@dataclass(frozen=True, slots=True)
+class Shed:
+    """A call that found no room: why, and how long it waited (ms)."""
+
+    reason: ShedReason
+    waited_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class SlotsSnapshot:
+    """What one model's slots look like now (for metrics)."""
+
+    limit: int
+    in_flight: int
+    queued: int
+    shed_full: int  # calls shed since start because the queue was full
+    shed_timeout: int  # ... because they waited their longest
+    waited_s: float  # total time calls spent queued, shed or not
+
+
+class Slot:
+    """One call's place on an upstream (``owner`` None: one without a limit); ``release``
+    once the upstream request is over (again: a no-op)."""
+
+    __slots__ = ("_owner", "waited_ms")
+
+    def __init__(self, owner: UpstreamSlots | None, waited_ms: float) -> None:
+        self._owner: UpstreamSlots | None = owner
+        self.waited_ms = waited_ms
+
+    def release(self) -> None:
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner._give_back()
+
+
+class UpstreamSlots:
+    """The slots of one upstream model in this process (one event loop)."""
+
+    def __init__(self, limits: Concurrency) -> None:
+        self.limits = limits
+        self._free = limits.max_in_flight
+        self._waiters: deque[asyncio.Future[bool]] = deque()
+        self._shed_full = 0
+        self._shed_timeout = 0
+        self._waited_s = 0.0
+
+    def snapshot(self) -> SlotsSnapshot:
+        return SlotsSnapshot(
+            limit=self.limits.max_in_flight,
+            in_flight=self.limits.max_in_flight - self._free,
+            queued=len(self._waiters),
+            shed_full=self._shed_full,
+            shed_timeout=self._shed_timeout,
+            waited_s=self._waited_s,
+        )
+
+    def try_take(self) -> Slot | None:
+        """A slot now, without waiting, if one is free and nobody waits for one."""
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return Slot(self, 0.0)
+        return None
+
+    async def take(self, deadline_s: float) -> Slot | Shed:
+        """A slot, waiting in line for at most ``max_wait_ms`` and ``deadline_s``; a
+        :class:`Shed` when the queue is full or the wait ran out."""
+        slot = self.try_take()
+        if slot is not None:
+            return slot
+        if len(self._waiters) >= self.limits.max_queued:
+            self._shed_full += 1
+            return Shed("queue_full", 0.0)
+        wait_s = min(self.limits.max_wait_ms / 1000, deadline_s)
+        loop = asyncio.get_running_loop()
+        granted: asyncio.Future[bool] = loop.create_future()
+        self._waiters.append(granted)
+        timer = loop.call_later(wait_s, _time_out, granted)
+        started = time.perf_counter()
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled() and granted.result():
+                self._give_back()  # handed a slot just as the request was cancelled
+            else:
+                self._forget(granted)
+            raise
+        finally:
+            timer.cancel()
+            self._waited_s += time.perf_counter() - started
+        waited_ms = (time.perf_counter() - started) * 1000
+        if granted.result():
+            return Slot(self, waited_ms)
+        self._forget(granted)
+        self._shed_timeout += 1
+        return Shed("queue_timeout", waited_ms)
+
+    def _give_back(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)  # the slot passes to it directly
+                return
+        self._free += 1
+
+    def _forget(self, waiter: asyncio.Future[bool]) -> None:
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass  # already handed over (and given back) or timed out and removed
+
+
+def _time_out(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
