@@ -50,13 +50,13 @@ def ask(session: str, **extra: Any) -> dict[str, Any]:
 
 
 @contextmanager
-def holding_the_slot(sdk: OpenAI, session: str) -> Iterator[None]:
-    """A streamed call whose answer has started (so it holds a slot) until the block ends,
-    when the client leaves it."""
+def holding_a_slot(sdk: OpenAI, session: str, model: str = PRIMARY) -> Iterator[None]:
+    """A streamed call whose answer has started on ``model`` (so it holds one of its slots)
+    until the block ends, when the client leaves it."""
     with sdk.chat.completions.with_streaming_response.create(
         stream=True, **ask(session, **LONG)
     ) as raw:
-        assert raw.headers["x-soma-model"] == PRIMARY
+        assert raw.headers["x-soma-model"] == model
         lines = raw.iter_lines()  # kept: a dropped iterator closes the response
         next(lines)
         yield
@@ -77,56 +77,67 @@ def in_flight(settings: Settings) -> float | None:
     return series(settings, "soma_upstream_in_flight", model=PRIMARY)
 
 
-def test_calls_beyond_the_slots_queue_and_a_full_queue_goes_to_the_next_model(
+def test_a_full_model_gives_way_to_a_free_peer_then_calls_queue_then_are_refused(
     stack: Settings, pipeline: tuple[Container, dict[str, str]], tmp_path: Path
 ) -> None:
     worker, env = pipeline
     path = tmp_path / "catalog.yaml"
     limits = {"max_in_flight": 1, "max_queued": 1, "max_wait_ms": 60000}
-    catalog_with_replica(stack, path, stack.url("primary_model_url"), concurrency=limits)
+    replica = catalog_with_replica(stack, path, stack.url("primary_model_url"), concurrency=limits)
+    replica["concurrency"] = {"max_in_flight": 1, "max_queued": 0}
+    catalog = yaml.safe_load(path.read_text())
+    catalog["models"][-1] = replica
+    path.write_text(yaml.safe_dump(catalog, sort_keys=False))
     session = f"slots-{uuid.uuid4().hex[:8]}"
     queued: dict[str, Any] = {}
     with running_gateway({**env, "SOMA_CATALOG_FILE": str(path)}) as gw, client(gw) as sdk:
         assert series(gw, "soma_upstream_slots", model=PRIMARY) == 1
-        with holding_the_slot(sdk, session):
+        with holding_a_slot(sdk, session):
             assert in_flight(gw) == 1
+            peer = sdk.chat.completions.with_raw_response.create(**ask(session))
+            assert peer.headers["x-soma-model"] == REPLICA  # at once: it had room
+            with holding_a_slot(sdk, session, REPLICA):  # now both are full
 
-            def wait_in_line() -> None:
-                queued["answer"] = sdk.chat.completions.with_raw_response.create(**ask(session))
+                def wait_in_line() -> None:
+                    queued["answer"] = sdk.chat.completions.with_raw_response.create(**ask(session))
 
-            waiter = threading.Thread(target=wait_in_line)
-            waiter.start()
-            assert wait_until(lambda: series(gw, "soma_upstream_queued", model=PRIMARY) == 1)
-            spilled = sdk.chat.completions.with_raw_response.create(**ask(session))
-            assert spilled.headers["x-soma-model"] == REPLICA  # the queue was full
-            time.sleep(0.5)
-            assert "answer" not in queued  # still waiting for the slot
-            held_until = time.monotonic()
+                waiter = threading.Thread(target=wait_in_line)
+                waiter.start()
+                assert wait_until(lambda: series(gw, "soma_upstream_queued", model=PRIMARY) == 1)
+                with pytest.raises(openai.APIStatusError) as refused:
+                    sdk.chat.completions.create(**ask(session))  # no room, no queue left
+                time.sleep(0.5)
+                assert "answer" not in queued  # still waiting for the slot
         waiter.join(timeout=60)
         answer = queued["answer"]
         assert answer.headers["x-soma-model"] == PRIMARY
         assert answer.parse().choices[0].message.content
-        assert time.monotonic() - held_until < 30
         assert wait_until(lambda: in_flight(gw) == 0)
         assert series(gw, "soma_upstream_queued", model=PRIMARY) == 0
-        assert series(gw, "soma_upstream_shed_total", model=PRIMARY, reason="queue_full") == 1
+        for model in (PRIMARY, REPLICA):
+            assert series(gw, "soma_upstream_shed_total", model=model, reason="queue_full") == 1
         waited = series(gw, "soma_upstream_queue_wait_seconds_total", model=PRIMARY)
         assert waited is not None and waited >= 0.5
-    assert wait_until(lambda: len(events_for(worker, "slm_metrics", session)) == 3)
+    assert refused.value.status_code == 503
+    assert refused.value.response.headers["retry-after"] == "1"
+    error = refused.value.response.json()["error"]
+    assert error["code"] == "upstream_overloaded"
+    assert f"{PRIMARY}: overloaded, {REPLICA}: overloaded" in error["message"]
+    assert wait_until(lambda: len(events_for(worker, "slm_metrics", session)) == 4)
     rows = events_for(worker, "slm_metrics", session)
-    by_status = sorted((r["model_id"], r["status"]) for r in rows)
-    assert by_status == sorted([(PRIMARY, "interrupted"), (REPLICA, "ok"), (PRIMARY, "ok")])
-    spilled_row = next(r for r in rows if r["model_id"] == REPLICA)
-    tree = json.loads(str(spilled_row["decision_tree"]))
-    assert tree["attempts"][0] == {
-        "model_id": PRIMARY,
-        "skipped": "overloaded",
-        "queue": "queue_full",
-        "waited_ms": 0.0,
-    }
-    assert tree["attempts"][1] == {"model_id": REPLICA, "status": "ok"}
+    assert sorted((str(r["model_id"]), str(r["status"])) for r in rows) == sorted(
+        [(PRIMARY, "interrupted"), (REPLICA, "ok"), (REPLICA, "interrupted"), (PRIMARY, "ok")]
+    )
+    gave_way = next(r for r in rows if r["model_id"] == REPLICA and r["status"] == "ok")
+    assert json.loads(str(gave_way["decision_tree"]))["attempts"] == [
+        {"model_id": PRIMARY, "skipped": "busy", "gave_way_to": REPLICA},
+        {"model_id": REPLICA, "status": "ok"},
+    ]
     waited_row = next(r for r in rows if r["model_id"] == PRIMARY and r["status"] == "ok")
-    assert float(str(waited_row["queue_delay_ms"])) >= 500  # the wait for the slot
+    assert float(str(waited_row["queue_delay_ms"])) >= 500  # its wait for the slot
+    assert json.loads(str(waited_row["decision_tree"]))["attempts"] == [
+        {"model_id": PRIMARY, "status": "ok"}  # no peer had room: it waited in line
+    ]
 
 
 @pytest.fixture()
@@ -150,7 +161,7 @@ def test_with_no_model_left_the_client_gets_503_overloaded_with_retry_after(
         running_gateway({**env, "SOMA_CATALOG_FILE": str(one_slot_catalog)}) as gw,
         client(gw) as sdk,
     ):
-        with holding_the_slot(sdk, session):
+        with holding_a_slot(sdk, session):
 
             def waits_its_longest() -> None:
                 try:

@@ -20,7 +20,9 @@ from prometheus_client import CollectorRegistry
 
 from somaagent.adapters.kafka_consumer import ConsumerStats
 from somaagent.adapters.kafka_publisher import PublisherStats
+from somaagent.domain.routing import Concurrency
 from somaagent.observability import GatewayMetrics
+from somaagent.service.upstream_slots import UpstreamSlots
 from somaagent.service.worker import WorkerStats
 from tests.integration._promql import grouping_labels, selectors
 
@@ -208,6 +210,8 @@ def exposed_series() -> dict[str, frozenset[str]]:
     metrics.record_audio_failure("asr_error")
     metrics.set_budget_remaining(tenant="acme", persona="-", window="day", ratio=0.5)
     metrics.set_dependency("kafka", True)
+    slots = UpstreamSlots(Concurrency(max_in_flight=4, max_queued=8, max_wait_ms=1000))
+    metrics.watch_slots(lambda: {"smollm2": slots.snapshot()})
     metrics.collect_pipeline(
         publisher_stats=PublisherStats(published=3, delivered=3),
         spool_depth=0,

@@ -14,11 +14,8 @@ from typing import Any, NoReturn, Protocol
 
 from somaagent.adapters.upstream import (
     Measurements,
-    UpstreamClient,
     UpstreamError,
-    UpstreamResult,
     Usage,
-    UsageCounter,
 )
 from somaagent.domain.budgets import BudgetUnavailable
 from somaagent.domain.chat_request import ChatRequest, RequestError
@@ -28,7 +25,6 @@ from somaagent.domain.money import exact_sum
 from somaagent.domain.ratecards import RateBook
 from somaagent.domain.routing import (
     Catalog,
-    CircuitBreaker,
     ClassifierConfig,
     Decision,
     ModelEntry,
@@ -58,7 +54,8 @@ from somaagent.service.call_records import (
 from somaagent.service.chat_errors import every_upstream_failed, rejected, route_headers
 from somaagent.service.escalation_notice import escalation_notice
 from somaagent.service.rate_limits import RateGate, RateHold
-from somaagent.service.upstream_slots import Shed, Slot, UpstreamSlots
+from somaagent.service.upstream_slots import Slot
+from somaagent.service.upstreams import Upstream, gives_way, send, slot_for
 
 __all__ = [
     "ChatOutcome",
@@ -77,18 +74,6 @@ class Publisher(Protocol):
 
     @property
     def spool_error(self) -> str | None: ...
-
-
-@dataclass
-class Upstream:
-    """One live model: its client, exact token counter, circuit breaker and, when the
-    catalog caps its concurrency, its slots."""
-
-    entry: ModelEntry
-    client: UpstreamClient
-    counter: UsageCounter
-    breaker: CircuitBreaker
-    slots: UpstreamSlots | None = None
 
 
 class ClientGone(Exception):
@@ -366,7 +351,7 @@ class ChatService:
                 self.left(turn, records)
             entry = candidates.pop(0)
             up = self.upstreams[entry.model_id]
-            slot = await self.ready(adm, entry, attempts)
+            slot = await self.ready(adm, entry, attempts, candidates)
             if slot is None:
                 continue
             if slot.waited_ms and gone is not None and gone():  # it left while it waited
@@ -378,7 +363,7 @@ class ChatService:
                 f"chat {entry.model_id}", self.span_attributes(entry, request)
             )
             try:
-                result = await self.send(
+                result = await send(
                     up,
                     slot,
                     body,
@@ -439,29 +424,21 @@ class ChatService:
         return Turn(request, caller, ctx, tree, adm, hold)
 
     async def ready(
-        self, adm: Admission | None, entry: ModelEntry, attempts: list[dict[str, Any]]
+        self,
+        adm: Admission | None,
+        entry: ModelEntry,
+        attempts: list[dict[str, Any]],
+        rest: list[ModelEntry],
     ) -> Slot | None:
         """The next attempt's place on ``entry``'s upstream, if its circuit is closed, its
         worst case fits the budget and a slot is free or frees in time; else None (the
-        reason listed in ``attempts``)."""
+        reason listed in ``attempts``). A model with every slot taken first gives way to
+        another of ``rest`` (the candidates left) on its tier with room now."""
+        if gives_way(self.upstreams, entry, attempts, rest, self.clock()):
+            return None
         if not await self.may_try(adm, entry, attempts):
             return None
-        return await self.slot_for(adm, entry, attempts)
-
-    @staticmethod
-    async def send(
-        up: Upstream,
-        slot: Slot,
-        body: dict[str, Any],
-        *,
-        timeout_s: float,
-        traceparent: str | None,
-    ) -> UpstreamResult:
-        """The upstream's answer to ``body``; ``slot`` is released once the call is over."""
-        try:
-            return await up.client.chat(body, timeout_s=timeout_s, traceparent=traceparent)
-        finally:
-            slot.release()
+        return await slot_for(self.upstreams[entry.model_id], attempts, self.timeout(adm, entry))
 
     async def attempt_answered(
         self,
@@ -516,28 +493,6 @@ class ChatService:
         if not fits:
             attempts.append({"model_id": entry.model_id, "skipped": "over_budget"})
         return fits
-
-    async def slot_for(
-        self, adm: Admission | None, entry: ModelEntry, attempts: list[dict[str, Any]]
-    ) -> Slot | None:
-        """A place on ``entry``'s upstream for the next attempt (at once when the catalog
-        sets it no limit), waiting in its queue if need be; None when the call was shed,
-        which ``attempts`` then lists."""
-        slots = self.upstreams[entry.model_id].slots
-        if slots is None:
-            return Slot(None, 0.0)
-        got = slots.try_take() or await slots.take(self.timeout(adm, entry))
-        if isinstance(got, Shed):
-            attempts.append(
-                {
-                    "model_id": entry.model_id,
-                    "skipped": "overloaded",
-                    "queue": got.reason,
-                    "waited_ms": round(got.waited_ms, 3),
-                }
-            )
-            return None
-        return got
 
     def ok_record(
         self,

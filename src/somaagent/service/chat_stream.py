@@ -97,7 +97,7 @@ async def _connect(
         while queue:
             entry = queue.pop(0)
             up = service.upstreams[entry.model_id]
-            slot = await service.ready(adm, entry, turn.attempts)
+            slot = await service.ready(adm, entry, turn.attempts, queue)
             if slot is None:
                 continue
             state = current = _Stream(service, turn, entry, failed, reason, received, slot)

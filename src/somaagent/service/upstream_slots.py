@@ -84,6 +84,10 @@ class UpstreamSlots:
             waited_s=self._waited_s,
         )
 
+    def has_room(self) -> bool:
+        """Whether a call would get a slot at once."""
+        return self._free > 0 and not self._waiters
+
     def try_take(self) -> Slot | None:
         """A slot now, without waiting, if one is free and nobody waits for one."""
         if self._free > 0 and not self._waiters:
