@@ -27,6 +27,7 @@ from tests.e2e.gateway_support import (
     PRIMARY,
     REPLICA,
     catalog_with_replica,
+    open_chat,
     packaged_catalog,
     running_gateway,
 )
@@ -200,3 +201,31 @@ def test_with_no_model_left_the_client_gets_503_overloaded_with_retry_after(
         "failed",
         "interrupted",
     ]
+
+
+def test_a_client_that_leaves_while_its_call_waits_gives_its_place_up(
+    pipeline: tuple[Container, dict[str, str]], tmp_path: Path
+) -> None:
+    worker, env = pipeline
+    catalog = packaged_catalog()
+    primary = next(m for m in catalog["models"] if m["model_id"] == PRIMARY)
+    primary["concurrency"] = {"max_in_flight": 1, "max_queued": 1, "max_wait_ms": 60000}
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(catalog, sort_keys=False))
+    session, leaving = f"left-{uuid.uuid4().hex[:8]}", f"left-{uuid.uuid4().hex[:8]}"
+    body = {"model": "auto", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4}
+    with running_gateway({**env, "SOMA_CATALOG_FILE": str(path)}) as gw, client(gw) as sdk:
+        with holding_a_slot(sdk, session):
+            with open_chat(gw.gateway_port, body, leaving):  # not streamed; closed unread
+                assert wait_until(lambda: series(gw, "soma_upstream_queued", model=PRIMARY) == 1)
+            left_at = time.monotonic()
+            assert wait_until(lambda: series(gw, "soma_upstream_queued", model=PRIMARY) == 0)
+            assert time.monotonic() - left_at < 2  # well before the slot frees
+            assert in_flight(gw) == 1  # the stream still holds it
+        shed = series(gw, "soma_upstream_shed_total", model=PRIMARY, reason="queue_timeout")
+        assert shed == 0  # leaving is not a shed
+    assert wait_until(lambda: len(events_for(worker, "conversation_metrics", leaving)) == 1)
+    turn = events_for(worker, "conversation_metrics", leaving)[0]
+    assert (turn["status"], turn["interrupt_count"], turn["requeue_count"]) == ("interrupted", 1, 0)
+    assert turn["model_id"] == ""  # no attempt was made: no model to name
+    assert events_for(worker, "slm_metrics", leaving) == []

@@ -351,12 +351,9 @@ class ChatService:
                 self.left(turn, records)
             entry = candidates.pop(0)
             up = self.upstreams[entry.model_id]
-            slot = await self.ready(adm, entry, attempts, candidates)
+            slot = await self.ready(adm, entry, attempts, candidates, gone)
             if slot is None:
                 continue
-            if slot.waited_ms and gone is not None and gone():  # it left while it waited
-                slot.release()
-                self.left(turn, records)
             body = request.upstream_body(entry.model_id)
             started = time.perf_counter()
             span = self.tracing.start(
@@ -404,6 +401,8 @@ class ChatService:
                 tree["escalation_notice"] = notice
             self.account(turn, records)
             return self._answer(result.body, usage, record, records, adm, notice)
+        if gone is not None and gone():  # it left during the last attempt or its wait
+            self.left(turn, records)
         return self.exhausted(turn, records, deferred)
 
     @staticmethod
@@ -429,16 +428,19 @@ class ChatService:
         entry: ModelEntry,
         attempts: list[dict[str, Any]],
         rest: list[ModelEntry],
+        gone: Callable[[], bool] | None = None,
     ) -> Slot | None:
         """The next attempt's place on ``entry``'s upstream, if its circuit is closed, its
         worst case fits the budget and a slot is free or frees in time; else None (the
-        reason listed in ``attempts``). A model with every slot taken first gives way to
-        another of ``rest`` (the candidates left) on its tier with room now."""
+        reason listed in ``attempts``, or ``gone`` said the client left while it waited).
+        A model with every slot taken first gives way to another of ``rest`` (the
+        candidates left) on its tier with room now."""
         if gives_way(self.upstreams, entry, attempts, rest, self.clock()):
             return None
         if not await self.may_try(adm, entry, attempts):
             return None
-        return await slot_for(self.upstreams[entry.model_id], attempts, self.timeout(adm, entry))
+        up, deadline = self.upstreams[entry.model_id], self.timeout(adm, entry)
+        return await slot_for(up, attempts, deadline, gone)
 
     async def attempt_answered(
         self,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,7 +25,9 @@ from somaagent.domain.routing import Concurrency
 
 __all__ = ["Shed", "ShedReason", "Slot", "SlotsSnapshot", "UpstreamSlots"]
 
-ShedReason = Literal["queue_full", "queue_timeout"]
+ShedReason = Literal["queue_full", "queue_timeout", "client_left"]
+# How often a waiting call checks whether its client is still there.
+LEFT_POLL_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +72,7 @@ class UpstreamSlots:
     def __init__(self, limits: Concurrency) -> None:
         self.limits = limits
         self._free = limits.max_in_flight
-        self._waiters: deque[asyncio.Future[bool]] = deque()
+        self._waiters: deque[asyncio.Future[ShedReason | None]] = deque()
         self._shed_full = 0
         self._shed_timeout = 0
         self._waited_s = 0.0
@@ -95,9 +98,10 @@ class UpstreamSlots:
             return Slot(self, 0.0)
         return None
 
-    async def take(self, deadline_s: float) -> Slot | Shed:
+    async def take(self, deadline_s: float, gone: Callable[[], bool] | None = None) -> Slot | Shed:
         """A slot, waiting in line for at most ``max_wait_ms`` and ``deadline_s``; a
-        :class:`Shed` when the queue is full or the wait ran out."""
+        :class:`Shed` when the queue is full or the wait ran out, or (``client_left``) when
+        ``gone`` says the client left meanwhile (checked every ``LEFT_POLL_S``)."""
         slot = self.try_take()
         if slot is not None:
             return slot
@@ -106,43 +110,75 @@ class UpstreamSlots:
             return Shed("queue_full", 0.0)
         wait_s = min(self.limits.max_wait_ms / 1000, deadline_s)
         loop = asyncio.get_running_loop()
-        granted: asyncio.Future[bool] = loop.create_future()
+        granted: asyncio.Future[ShedReason | None] = loop.create_future()
         self._waiters.append(granted)
-        timer = loop.call_later(wait_s, _time_out, granted)
+        timer = loop.call_later(wait_s, _shed, granted, "queue_timeout")
+        watch = _Watch(loop, granted, gone) if gone is not None else None
         started = time.perf_counter()
         try:
             await granted
         except asyncio.CancelledError:
-            if granted.done() and not granted.cancelled() and granted.result():
+            if granted.done() and not granted.cancelled() and granted.result() is None:
                 self._give_back()  # handed a slot just as the request was cancelled
             else:
                 self._forget(granted)
             raise
         finally:
             timer.cancel()
+            if watch is not None:
+                watch.stop()
             self._waited_s += time.perf_counter() - started
         waited_ms = (time.perf_counter() - started) * 1000
-        if granted.result():
+        reason = granted.result()
+        if reason is None:
             return Slot(self, waited_ms)
         self._forget(granted)
-        self._shed_timeout += 1
-        return Shed("queue_timeout", waited_ms)
+        if reason == "queue_timeout":
+            self._shed_timeout += 1
+        return Shed(reason, waited_ms)
 
     def _give_back(self) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(True)  # the slot passes to it directly
+                waiter.set_result(None)  # the slot passes to it directly
                 return
         self._free += 1
 
-    def _forget(self, waiter: asyncio.Future[bool]) -> None:
+    def _forget(self, waiter: asyncio.Future[ShedReason | None]) -> None:
         try:
             self._waiters.remove(waiter)
         except ValueError:
             pass  # already handed over (and given back) or timed out and removed
 
 
-def _time_out(waiter: asyncio.Future[bool]) -> None:
+def _shed(waiter: asyncio.Future[ShedReason | None], reason: ShedReason) -> None:
     if not waiter.done():
-        waiter.set_result(False)
+        waiter.set_result(reason)
+
+
+class _Watch:
+    """Ends a wait with ``client_left`` once ``gone()`` is true (polled: the request's
+    own task is not told when its client leaves, only its flag is set)."""
+
+    __slots__ = ("_gone", "_handle", "_loop", "_waiter")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        waiter: asyncio.Future[ShedReason | None],
+        gone: Callable[[], bool],
+    ) -> None:
+        self._loop, self._waiter, self._gone = loop, waiter, gone
+        self._handle = loop.call_later(LEFT_POLL_S, self._check)
+
+    def _check(self) -> None:
+        if self._waiter.done():
+            return
+        if self._gone():
+            self._waiter.set_result("client_left")
+        else:
+            self._handle = self._loop.call_later(LEFT_POLL_S, self._check)
+
+    def stop(self) -> None:
+        self._handle.cancel()

@@ -4,7 +4,7 @@ model is full, the wait for a slot, the call that gives its slot back)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,15 +57,22 @@ def gives_way(
     return False
 
 
-async def slot_for(up: Upstream, attempts: list[dict[str, Any]], deadline_s: float) -> Slot | None:
+async def slot_for(
+    up: Upstream,
+    attempts: list[dict[str, Any]],
+    deadline_s: float,
+    gone: Callable[[], bool] | None = None,
+) -> Slot | None:
     """A place on ``up`` for the next attempt (at once when the catalog sets it no limit),
     waiting in its queue (at most ``deadline_s``) if need be; None when the call was shed,
-    which ``attempts`` then lists."""
+    which ``attempts`` then lists, or when ``gone`` says its client left while it waited."""
     slots = up.slots
     if slots is None:
         return Slot(None, 0.0)
-    got = slots.try_take() or await slots.take(deadline_s)
+    got = slots.try_take() or await slots.take(deadline_s, gone)
     if isinstance(got, Shed):
+        if got.reason == "client_left":
+            return None
         attempts.append(
             {
                 "model_id": up.entry.model_id,

@@ -115,3 +115,22 @@ def test_a_cancelled_waiter_leaves_the_queue_and_loses_no_slot(handed_over: bool
 
 def test_an_unlimited_slot_releases_nothing() -> None:
     Slot(None, 0.0).release()
+
+
+def test_a_waiter_whose_client_left_gives_its_place_up() -> None:
+    async def main() -> None:
+        s, left = slots(in_flight=1, queued=1), False
+        held = taken(await s.take(1.0))
+        waiter = asyncio.create_task(s.take(5.0, gone=lambda: left))
+        await asyncio.sleep(0.12)
+        assert s.snapshot().queued == 1  # checked, and still there
+        left = True
+        shed = await waiter
+        assert isinstance(shed, Shed) and shed.reason == "client_left"
+        assert 100 <= shed.waited_ms < 1000
+        snap = s.snapshot()
+        assert (snap.queued, snap.shed_full, snap.shed_timeout) == (0, 0, 0)  # not a shed
+        held.release()
+        assert taken(await s.take(1.0)).waited_ms == 0.0
+
+    asyncio.run(main())
