@@ -336,6 +336,7 @@ def build_rate_gate(settings: Settings, metrics: GatewayMetrics) -> RateGate:
         limiter,
         unavailable=(RateLimitUnavailable,),
         on_refused=lambda caller, limit: metrics.record_rate_limited(caller.tenant, limit),
+        on_model_refused=metrics.record_model_rate_limited,
         close=limiter.aclose,
     )
 

@@ -206,6 +206,7 @@ def exposed_series() -> dict[str, frozenset[str]]:
     metrics.record_policy("deny", 0.0004)
     metrics.record_escalation("high_complexity")
     metrics.record_rate_limited("acme", "requests")
+    metrics.record_model_rate_limited("smollm2", "tokens")
     metrics.record_fallback("smollm2", "qwen2.5-coder-0.5b-instruct")
     metrics.record_audio_failure("asr_error")
     metrics.set_budget_remaining(tenant="acme", persona="-", window="day", ratio=0.5)

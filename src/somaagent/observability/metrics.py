@@ -203,6 +203,13 @@ class GatewayMetrics:
             ["tenant", "limit"],
             registry=r,
         )
+        self.model_rate_limited = Counter(
+            "soma_model_rate_limited_total",
+            "Attempts a model's own rate limit (catalog rate_limits: its provider's quota) kept"
+            " back; the call went to the next candidate (limit: requests, tokens, too_large)",
+            ["model", "limit"],
+            registry=r,
+        )
         self.escalations = Counter(
             "soma_escalations_total",
             "Requests sent up to the escalation tier",
@@ -337,6 +344,10 @@ class GatewayMetrics:
     def record_rate_limited(self, tenant: str, limit: str) -> None:
         """Count a request refused by its key's rate limit."""
         self.rate_limited.labels(self.guard("tenant", tenant), limit).inc()
+
+    def record_model_rate_limited(self, model: str, limit: str) -> None:
+        """Count an attempt a model's own rate limit (its provider's quota) kept back."""
+        self.model_rate_limited.labels(self.guard("model", model), limit).inc()
 
     def record_escalation(self, reason: str) -> None:
         """Count a request routed up to the escalation tier."""

@@ -55,7 +55,7 @@ from somaagent.service.chat_errors import every_upstream_failed, rejected, route
 from somaagent.service.escalation_notice import escalation_notice
 from somaagent.service.rate_limits import RateGate, RateHold
 from somaagent.service.upstream_slots import Slot
-from somaagent.service.upstreams import Upstream, gives_way, send, slot_for
+from somaagent.service.upstreams import Upstream, gives_way, send, slot_for, within_quota
 
 __all__ = [
     "ChatOutcome",
@@ -351,7 +351,7 @@ class ChatService:
                 self.left(turn, records)
             entry = candidates.pop(0)
             up = self.upstreams[entry.model_id]
-            slot = await self.ready(adm, entry, attempts, candidates, gone)
+            slot = await self.ready(turn, entry, candidates, gone)
             if slot is None:
                 continue
             body = request.upstream_body(entry.model_id)
@@ -370,7 +370,7 @@ class ChatService:
             except UpstreamError as exc:
                 records.append(
                     await self.attempt_failed(
-                        span, adm, entry, exc, attempts, started, received, reason
+                        span, adm, entry, exc, attempts, started, received, reason, slot
                     )
                 )
                 self.end_if_refused(
@@ -386,7 +386,7 @@ class ChatService:
             text = "".join(c.text for c in result.choices)
             record = self.ok_record(entry, usage, result.measurements, started, received, reason)
             record.completion_chars = len(text)
-            await self.attempt_answered(span, adm, entry, record, attempts)
+            await self.attempt_answered(span, adm, entry, record, attempts, slot)
             escalation = self.escalate_on(upstream_signal(text), entry, request, caller, tree)
             if escalation is not None:
                 record.status = "fallback"
@@ -424,9 +424,8 @@ class ChatService:
 
     async def ready(
         self,
-        adm: Admission | None,
+        turn: Turn,
         entry: ModelEntry,
-        attempts: list[dict[str, Any]],
         rest: list[ModelEntry],
         gone: Callable[[], bool] | None = None,
     ) -> Slot | None:
@@ -434,13 +433,18 @@ class ChatService:
         worst case fits the budget and a slot is free or frees in time; else None (the
         reason listed in ``attempts``, or ``gone`` said the client left while it waited).
         A model with every slot taken first gives way to another of ``rest`` (the
-        candidates left) on its tier with room now."""
+        candidates left) on its tier with room now; one with rate limits of its own needs
+        room in them too (``within_quota``)."""
+        adm, attempts = turn.adm, turn.attempts
         if gives_way(self.upstreams, entry, attempts, rest, self.clock()):
             return None
         if not await self.may_try(adm, entry, attempts):
             return None
         up, deadline = self.upstreams[entry.model_id], self.timeout(adm, entry)
-        return await slot_for(up, attempts, deadline, gone)
+        slot = await slot_for(up, attempts, deadline, gone)
+        if slot is None or entry.rate_limits is None or self.limits is None:
+            return slot
+        return await within_quota(self.limits, entry, turn.request, slot, attempts)
 
     async def attempt_answered(
         self,
@@ -449,9 +453,12 @@ class ChatService:
         entry: ModelEntry,
         record: CallRecord,
         attempts: list[dict[str, Any]],
+        slot: Slot,
     ) -> None:
-        """End the answered attempt's span, settle its budget, list it in ``attempts``."""
+        """End the answered attempt's span, settle its budget and quota, list it in
+        ``attempts``."""
         self.end_span(span, record)
+        slot.settle(record.input_tokens + record.output_tokens)
         await self.settle(adm, entry, record)
         attempts.append({"model_id": entry.model_id, "status": "ok"})
 
@@ -465,13 +472,15 @@ class ChatService:
         started: float,
         received: float,
         reason: str,
+        slot: Slot,
     ) -> CallRecord:
         """End the failed attempt's span; its record (see ``failed_attempt``), its budget
-        reservation settled."""
+        reservation and quota settled."""
         self.tracing.end(span, f"upstream_{exc.kind}")
         record = self.failed_attempt(
             entry, exc, attempts, started, received, reason, self.timeout(adm, entry)
         )
+        slot.settle(record.input_tokens + record.output_tokens)
         await self.settle(adm, entry, record)
         return record
 

@@ -3,6 +3,7 @@ upstream refused, and why no upstream answered."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from somaagent.adapters.upstream import UpstreamError
@@ -36,21 +37,26 @@ def rejected(exc: UpstreamError, entry: ModelEntry) -> RequestError:
 
 
 def every_upstream_failed(attempts: list[dict[str, Any]]) -> RequestError:
-    """503 naming each attempt; ``upstream_overloaded`` with a Retry-After when none failed
-    and one or more models were at their concurrency limit."""
+    """503 naming each attempt; ``upstream_overloaded`` when none failed and one or more
+    models were at their concurrency or rate limit, with a Retry-After: the soonest any of
+    them has room (a full queue: 1 s; a rate limit: its window's exact wait)."""
     tried = (
         ", ".join(f"{a['model_id']}: {a.get('error') or a.get('skipped')}" for a in attempts)
         or "no live upstream"
     )
-    if any(a.get("skipped") == "overloaded" for a in attempts) and not any(
-        "error" in a for a in attempts
-    ):
+    full = [a for a in attempts if a.get("skipped") in ("overloaded", "rate_limited")]
+    if full and not any("error" in a for a in attempts):
+        wait_ms = min(int(a.get("retry_after_ms") or 1000) for a in full)
         return RequestError(
             503,
-            f"every model this call may use is at its concurrency limit ({tried}); retry shortly",
+            f"every model this call may use is at its concurrency or rate limit ({tried});"
+            " retry shortly",
             code="upstream_overloaded",
             kind="server_error",
-            headers={"retry-after": "1"},
+            headers={
+                "retry-after": str(max(1, math.ceil(wait_ms / 1000))),
+                "retry-after-ms": str(wait_ms),
+            },
         )
     return RequestError(
         503, f"every upstream failed ({tried})", code="upstream_unavailable", kind="server_error"

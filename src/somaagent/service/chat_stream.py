@@ -97,7 +97,7 @@ async def _connect(
         while queue:
             entry = queue.pop(0)
             up = service.upstreams[entry.model_id]
-            slot = await service.ready(adm, entry, turn.attempts, queue)
+            slot = await service.ready(turn, entry, queue)
             if slot is None:
                 continue
             state = current = _Stream(service, turn, entry, failed, reason, received, slot)
@@ -114,7 +114,15 @@ async def _connect(
                     else UpstreamError("protocol", "stream ended before any chunk")
                 )
                 record = await service.attempt_failed(
-                    state.span, adm, entry, error, turn.attempts, state.started, received, reason
+                    state.span,
+                    adm,
+                    entry,
+                    error,
+                    turn.attempts,
+                    state.started,
+                    received,
+                    reason,
+                    slot,
                 )
                 failed.append(record)
                 service.end_if_refused(
@@ -485,5 +493,6 @@ class _Stream:
             card = service.rates.current(entry.model_id, datetime.now(UTC))
             record.rate_card_version = card.version if card else "unpriced"
         service.end_span(self.span, record)
+        self.slot.settle(record.input_tokens + record.output_tokens)
         await service.settle(self.adm, entry, record)
         return record, usage

@@ -20,6 +20,7 @@ from somaagent.domain.chat_request import ChatRequest, RequestError
 from somaagent.domain.identity import Caller
 from somaagent.domain.randomness import random_bits
 from somaagent.domain.rate_limits import RateDecision, RateLimits, rate_headers, rate_refusal
+from somaagent.domain.routing import ModelEntry
 from somaagent.domain.worst_case import prompt_token_bound
 
 __all__ = ["RateGate", "RateHold", "RateLimiterPort"]
@@ -73,6 +74,7 @@ class RateGate:
     limiter: RateLimiterPort
     unavailable: tuple[type[Exception], ...]
     on_refused: Callable[[Caller, str], None] | None = None
+    on_model_refused: Callable[[str, str], None] | None = None  # (model id, limit)
     close: Callable[[], Awaitable[None]] | None = None
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -111,6 +113,30 @@ class RateGate:
         if self.on_refused is not None:
             self.on_refused(caller, decision.status)
         raise rate_refusal(limits, decision, tokens)
+
+    async def admit_model(self, entry: ModelEntry, request: ChatRequest) -> RateHold | RateDecision:
+        """A hold on ``entry``'s own limits (its provider's quota, shared by every gateway
+        through Redis) for one attempt, or the decision that refused it. Raises one of
+        ``unavailable`` when Redis cannot be reached."""
+        limits = entry.rate_limits
+        assert limits is not None
+        tokens = (
+            prompt_token_bound(request.messages) + request.max_tokens
+            if limits.tpm is not None
+            else 0
+        )
+        scope, hold_id = f"model:{entry.model_id}", f"{random_bits(64):016x}"
+        pending = asyncio.ensure_future(self.limiter.admit(scope, hold_id, limits, tokens))
+        try:
+            decision = await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            pending.add_done_callback(partial(self._abandoned, scope, hold_id, limits))
+            raise
+        if decision.admitted:
+            return RateHold(self, scope, hold_id, limits, decision)
+        if self.on_model_refused is not None:
+            self.on_model_refused(entry.model_id, decision.status)
+        return decision
 
     def _abandoned(
         self, key_id: str, hold_id: str, limits: RateLimits, pending: asyncio.Future[RateDecision]

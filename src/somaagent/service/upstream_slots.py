@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from somaagent.domain.routing import Concurrency
 
@@ -50,15 +50,28 @@ class SlotsSnapshot:
     waited_s: float  # total time calls spent queued, shed or not
 
 
+class Quota(Protocol):
+    """A hold on a model's rate limits (``rate_limits.RateHold``)."""
+
+    def settle(self, tokens: int) -> None: ...
+
+
 class Slot:
     """One call's place on an upstream (``owner`` None: one without a limit); ``release``
-    once the upstream request is over (again: a no-op)."""
+    once the upstream request is over (again: a no-op). ``quota``: its hold on the model's
+    rate limits, if the model has some, which ``settle`` gives the tokens the call used."""
 
-    __slots__ = ("_owner", "waited_ms")
+    __slots__ = ("_owner", "quota", "waited_ms")
 
     def __init__(self, owner: UpstreamSlots | None, waited_ms: float) -> None:
         self._owner: UpstreamSlots | None = owner
         self.waited_ms = waited_ms
+        self.quota: Quota | None = None
+
+    def settle(self, tokens: int) -> None:
+        """The attempt is accounted: its quota hold becomes the ``tokens`` it used."""
+        if self.quota is not None:
+            self.quota.settle(tokens)
 
     def release(self) -> None:
         owner, self._owner = self._owner, None

@@ -4,15 +4,21 @@ model is full, the wait for a slot, the call that gives its slot back)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from somaagent.adapters.upstream import UpstreamClient, UpstreamResult, UsageCounter
+from somaagent.domain.chat_request import ChatRequest
+from somaagent.domain.rate_limits import RateDecision
 from somaagent.domain.routing import CircuitBreaker, ModelEntry
+from somaagent.service.rate_limits import RateGate
 from somaagent.service.upstream_slots import Shed, Slot, UpstreamSlots
 
-__all__ = ["Upstream", "gives_way", "send", "slot_for"]
+__all__ = ["Upstream", "gives_way", "send", "slot_for", "within_quota"]
+
+log = logging.getLogger("somaagent.chat")
 
 
 @dataclass
@@ -83,6 +89,40 @@ async def slot_for(
         )
         return None
     return got
+
+
+async def within_quota(
+    gate: RateGate,
+    entry: ModelEntry,
+    request: ChatRequest,
+    slot: Slot,
+    attempts: list[dict[str, Any]],
+) -> Slot | None:
+    """``slot`` with a hold on ``entry``'s rate limits (its provider's quota) for the
+    attempt; None, the slot given back and ``attempts`` listing ``rate_limited``, when the
+    quota has no room. Redis unreachable: the attempt goes ahead unheld (the provider's own
+    429 is then retried or falls back as any upstream refusal)."""
+    try:
+        got = await gate.admit_model(entry, request)
+    except gate.unavailable as exc:
+        log.warning("rate limits of %s unchecked, the call goes ahead: %s", entry.model_id, exc)
+        return slot
+    except BaseException:
+        slot.release()
+        raise
+    if isinstance(got, RateDecision):
+        slot.release()
+        attempts.append(
+            {
+                "model_id": entry.model_id,
+                "skipped": "rate_limited",
+                "limit": got.status,
+                "retry_after_ms": got.retry_ms,
+            }
+        )
+        return None
+    slot.quota = got
+    return slot
 
 
 async def send(

@@ -9,6 +9,8 @@ from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import Literal
 
+from somaagent.domain.rate_limits import RateLimits
+
 __all__ = [
     "DEFAULT_DEVELOPER_PERSONAS",
     "DEFAULT_DEVELOPER_ROLES",
@@ -110,6 +112,7 @@ class ModelEntry:
     license: str | None = None
     tags: tuple[str, ...] = ()
     concurrency: Concurrency | None = None  # None: no cap in the gateway
+    rate_limits: RateLimits | None = None  # the provider's quota, over every replica
 
     @property
     def live(self) -> bool:

@@ -19,6 +19,7 @@ from types import MappingProxyType
 
 import yaml
 
+from somaagent.domain.rate_limits import RateLimits
 from somaagent.domain.routing._entry import (
     DEFAULT_DEVELOPER_PERSONAS,
     DEFAULT_DEVELOPER_ROLES,
@@ -77,8 +78,10 @@ _ENTRY_KEYS = frozenset(
         "license",
         "tags",
         "concurrency",
+        "rate_limits",
     }
 )
+_RATE_KEYS = frozenset({"rpm", "tpm"})
 _CONCURRENCY_KEYS = frozenset({"max_in_flight", "max_queued", "max_wait_ms"})
 # Unless the catalog says otherwise: 8 waiting calls per running one, 30 s each at most.
 DEFAULT_QUEUED_PER_SLOT = 8
@@ -245,7 +248,23 @@ def _entry(raw: object, index: int) -> ModelEntry:
         license=fields.optional_text("license"),
         tags=tags,
         concurrency=_concurrency(fields),
+        rate_limits=_rate_limits(fields),
     )
+
+
+def _rate_limits(fields: FieldReader) -> RateLimits | None:
+    if fields.raw("rate_limits") is None:
+        return None
+    limits = fields.nested("rate_limits", _RATE_KEYS)
+    rpm, tpm = (
+        limits.integer(name, minimum=1) if limits.has(name) else None for name in ("rpm", "tpm")
+    )
+    if rpm is None and tpm is None:
+        raise fields.error("rate_limits", "give rpm, tpm or both")
+    try:
+        return RateLimits(rpm, tpm)
+    except ValueError as exc:
+        raise fields.error("rate_limits", str(exc)) from None
 
 
 def _concurrency(fields: FieldReader) -> Concurrency | None:

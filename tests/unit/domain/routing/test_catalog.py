@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 
+from somaagent.domain.rate_limits import RateLimits
 from somaagent.domain.routing import (
     Catalog,
     CatalogError,
@@ -249,6 +250,22 @@ def _one_line(exc: pytest.ExceptionInfo[CatalogError]) -> str:
             + "    concurrency:\n      max_in_flight: 2\n      burst: 9\n",
             "model 'm': field 'concurrency': unknown field 'burst'",
         ),
+        (
+            entry_yaml("m", "primary") + "    rate_limits: {}\n",
+            "model 'm': field 'rate_limits': give rpm, tpm or both",
+        ),
+        (
+            entry_yaml("m", "primary") + "    rate_limits:\n      rpm: 0\n",
+            "field 'rate_limits': field 'rpm': must be >= 1, got 0",
+        ),
+        (
+            entry_yaml("m", "primary") + "    rate_limits:\n      tpm: 10000000000\n",
+            "field 'rate_limits': tpm must be an integer from 1 to 1000000000",
+        ),
+        (
+            entry_yaml("m", "primary") + "    rate_limits:\n      rpd: 5\n",
+            "model 'm': field 'rate_limits': unknown field 'rpd'",
+        ),
     ],
 )
 def test_entry_errors_name_the_model_and_field(entry: str, expected: str) -> None:
@@ -272,6 +289,14 @@ def test_concurrency_defaults_and_the_local_models_slots() -> None:
     local = load_catalog(render_catalog(default_catalog_text(), two_slots))
     assert [e.concurrency for e in local.live()] == [Concurrency(2, 16, 30_000.0)] * 2
     assert all(e.concurrency is None for e in local if not e.live)
+
+
+def test_rate_limits_are_read_per_model() -> None:
+    both = entry_yaml("a", "primary") + "    rate_limits:\n      rpm: 60\n      tpm: 90000\n"
+    catalog = catalog_of(both + entry_yaml("b", "primary") + "    rate_limits: {tpm: 5}\n")
+    assert catalog.get("a").rate_limits == RateLimits(60, 90000)  # type: ignore[union-attr]
+    assert catalog.get("b").rate_limits == RateLimits(None, 5)  # type: ignore[union-attr]
+    assert all(e.rate_limits is None for e in local_catalog())
 
 
 def test_disabled_entry_may_lack_endpoint_and_sit_on_a_moving_ref() -> None:
