@@ -118,3 +118,20 @@ def test_with_no_model_left_the_client_gets_503_with_the_quota_s_exact_wait(
     error = refused.value.response.json()["error"]
     assert error["code"] == "upstream_overloaded"
     assert f"{limited}: rate_limited" in error["message"]
+
+
+def test_a_call_too_large_for_every_quota_is_a_400(
+    stack: Settings, pipeline: tuple[Container, dict[str, str]], tmp_path: Path
+) -> None:
+    _worker, env = pipeline
+    path = tmp_path / "catalog.yaml"
+    limited = limited_catalog(stack, path, {"tpm": 10})  # below any prompt + max_tokens
+    catalog = yaml.safe_load(path.read_text())
+    catalog["models"] = [m for m in catalog["models"] if m["model_id"] == limited]
+    path.write_text(yaml.safe_dump(catalog, sort_keys=False))
+    with running_gateway({**env, "SOMA_CATALOG_FILE": str(path)}) as gw, client(gw) as sdk:
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.chat.completions.create(**ask(f"quota-{uuid.uuid4().hex[:8]}"))
+    error = refused.value.response.json()["error"]
+    assert (error["code"], error["param"]) == ("request_too_large", "max_tokens")
+    assert f"{limited}: rate_limited" in error["message"]

@@ -39,13 +39,22 @@ def rejected(exc: UpstreamError, entry: ModelEntry) -> RequestError:
 def every_upstream_failed(attempts: list[dict[str, Any]]) -> RequestError:
     """503 naming each attempt; ``upstream_overloaded`` when none failed and one or more
     models were at their concurrency or rate limit, with a Retry-After: the soonest any of
-    them has room (a full queue: 1 s; a rate limit: its window's exact wait)."""
+    them has room (a full queue: 1 s; a rate limit: its window's exact wait). 400
+    ``request_too_large`` when the call's worst case exceeds every such tokens limit."""
     tried = (
         ", ".join(f"{a['model_id']}: {a.get('error') or a.get('skipped')}" for a in attempts)
         or "no live upstream"
     )
     full = [a for a in attempts if a.get("skipped") in ("overloaded", "rate_limited")]
     if full and not any("error" in a for a in attempts):
+        if all(a.get("limit") == "too_large" for a in full):  # waiting cannot help
+            return RequestError(
+                400,
+                "the prompt and max_tokens exceed the tokens-per-minute limit of every model"
+                f" this call may use ({tried})",
+                param="max_tokens",
+                code="request_too_large",
+            )
         wait_ms = min(int(a.get("retry_after_ms") or 1000) for a in full)
         return RequestError(
             503,
