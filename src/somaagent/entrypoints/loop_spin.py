@@ -9,7 +9,11 @@ any work, a callback re-schedules itself, so the loop polls its sockets with a z
 instead of blocking. Work is noticed without touching the hot path: when the loop's thread
 used more than ``work_cpu_s`` of CPU between two ticks, other callbacks ran in between.
 (CPU time, not wall time: a tick that comes late because the thread was preempted or waited
-for the GIL is not work, or spinners sharing a core would keep each other spinning.) After
+for the GIL is not work, or spinners sharing a core would keep each other spinning. And
+100 µs, not less: a bare tick costs about 6 µs, but on a noisy virtual host one in 200
+reads 30-60 µs, interrupts and stolen time charged to the thread; with 30 µs such a tick
+came about every 1.2 ms and a 2 ms window never closed. A request's work between two ticks
+is hundreds of µs.) After
 the window the loop blocks as before; the next request (``wake``) starts polling again.
 
 The cost is CPU: up to ``window_s`` of one core after each burst of work, none once the
@@ -28,7 +32,7 @@ __all__ = ["LoopSpinner"]
 class LoopSpinner:
     """Polls the running loop for ``window_s`` after its last work; see the module doc."""
 
-    def __init__(self, window_s: float, *, work_cpu_s: float = 30e-6) -> None:
+    def __init__(self, window_s: float, *, work_cpu_s: float = 100e-6) -> None:
         if window_s <= 0:
             raise ValueError("window_s must be positive (0 means: do not create a spinner)")
         self.window_s = window_s

@@ -474,11 +474,26 @@ class ChatService:
         reason: str,
         slot: Slot,
     ) -> CallRecord:
-        """End the failed attempt's span; its record (see ``failed_attempt``), its budget
-        reservation and quota settled."""
+        """End the failed attempt: its span, its count on the breaker, its entry in
+        ``attempts``; its record (a timed-out call is charged its GPU time: see
+        ``call_records.failed_record``), budget reservation and quota settled. An upstream
+        that refused the request itself answered as a healthy one does: that counts as a
+        success, so no client's bad requests can open its circuit for others."""
         self.tracing.end(span, f"upstream_{exc.kind}")
-        record = self.failed_attempt(
-            entry, exc, attempts, started, received, reason, self.timeout(adm, entry)
+        breaker = self.upstreams[entry.model_id].breaker
+        if exc.rejects_request:
+            breaker.record_success(self.clock())
+        else:
+            breaker.record_failure(self.clock())
+        attempts.append({"model_id": entry.model_id, "error": exc.kind, "status": exc.status})
+        record = failed_record(
+            self.rates,
+            entry,
+            exc,
+            elapsed_ms=(time.perf_counter() - started) * 1000,
+            timeout_s=self.timeout(adm, entry),
+            queue_delay_ms=(started - received) * 1000,
+            reason=reason,
         )
         slot.settle(record.input_tokens + record.output_tokens)
         await self.settle(adm, entry, record)
@@ -647,36 +662,6 @@ class ChatService:
                 return
         self.account(turn, records)
         raise rejected(exc, entry) from None
-
-    def failed_attempt(
-        self,
-        entry: ModelEntry,
-        exc: UpstreamError,
-        attempts: list[dict[str, Any]],
-        started: float,
-        received: float,
-        reason: str,
-        timeout_s: float | None = None,
-    ) -> CallRecord:
-        """Count a failed upstream call against its breaker, list it, and return its record
-        (a timed-out call is charged its GPU time: see ``call_records.failed_record``).
-        An upstream that refused the request itself answered as a healthy one does: that
-        counts as a success, so no client's bad requests can open its circuit for others."""
-        breaker = self.upstreams[entry.model_id].breaker
-        if exc.rejects_request:
-            breaker.record_success(self.clock())
-        else:
-            breaker.record_failure(self.clock())
-        attempts.append({"model_id": entry.model_id, "error": exc.kind, "status": exc.status})
-        return failed_record(
-            self.rates,
-            entry,
-            exc,
-            elapsed_ms=(time.perf_counter() - started) * 1000,
-            timeout_s=timeout_s or self.upstream_timeout_s,
-            queue_delay_ms=(started - received) * 1000,
-            reason=reason,
-        )
 
     def _answer(
         self,
