@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import secrets
 import socket
@@ -23,9 +24,13 @@ from somaagent.adapters.redis_rate_limit import (
 from somaagent.domain.chat_request import ChatRequest, RequestError, parse_chat_request
 from somaagent.domain.identity import Caller
 from somaagent.domain.rate_limits import RateDecision, RateLimits
+from somaagent.domain.routing import Concurrency
 from somaagent.domain.worst_case import prompt_token_bound
 from somaagent.service.rate_limits import RateGate
+from somaagent.service.upstream_slots import UpstreamSlots
+from somaagent.service.upstreams import within_quota
 from somaagent.settings import Settings
+from tests.unit.domain.routing._catalogs import local_catalog
 
 T = TypeVar("T")
 
@@ -345,3 +350,46 @@ def test_a_request_cancelled_while_redis_decides_leaves_no_hold(url: str) -> Non
     cancelled, after = run(scenario())
     assert cancelled
     assert after.tokens_left == 1000 - worst  # only its own hold: the cancelled one is gone
+
+
+def test_a_model_quota_holds_an_attempt_gives_its_slot_back_when_full_and_fails_open(
+    url: str,
+) -> None:
+    """``within_quota`` on the real Redis: admitted (the slot keeps a hold that settles to
+    the tokens used), refused (the slot is given back, the attempt listed), and with Redis
+    unreachable the attempt goes ahead unheld."""
+    model = f"quota-{new_key()}"
+    entry = local_catalog().entries[0]
+    entry = dataclasses.replace(entry, model_id=model, rate_limits=RateLimits(rpm=1, tpm=10_000))
+    slots = UpstreamSlots(Concurrency(max_in_flight=2, max_queued=0, max_wait_ms=1000))
+    request = chat_request(50)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def scenario() -> tuple[list[Any], list[dict[str, Any]]]:
+        results: list[Any] = []
+        attempts: list[dict[str, Any]] = []
+        for target in (url, url, f"redis://127.0.0.1:{port}/0"):
+            limiter = RedisRateLimiter(target, timeout_s=0.5)
+            gate = RateGate(limiter, unavailable=(RateLimitUnavailable,), close=limiter.aclose)
+            try:
+                slot = slots.try_take()
+                assert slot is not None
+                got = await within_quota(gate, entry, request, slot, attempts)
+                results.append((got is slot, slot.quota is not None, slots.snapshot().in_flight))
+                if got is not None:
+                    got.settle(123)
+                    got.release()
+            finally:
+                await gate.aclose()
+        return results, attempts
+
+    results, attempts = run(scenario())
+    assert results == [(True, True, 1), (False, False, 0), (True, False, 1)]
+    assert len(attempts) == 1 and attempts[0]["skipped"] == "rate_limited"
+    assert attempts[0]["limit"] == "requests" and 0 < attempts[0]["retry_after_ms"] <= 60_000
+    db = redis.Redis.from_url(url)
+    tag = rate_keys(f"model:{model}")
+    assert db.zcard(tag[2]) == 0  # the admitted attempt's hold was settled...
+    assert int(db.hget(tag[3], "=") or 0) == 123  # ...to the tokens it used

@@ -1,6 +1,7 @@
 """The live models a gateway calls: each one's client, token counter, circuit breaker and
 slots, and the steps of an attempt that only they decide (which peer takes a call when a
-model is full, the wait for a slot, the call that gives its slot back)."""
+model is full, the wait for a slot, room in the model's own quota, the call that gives its
+slot back)."""
 
 from __future__ import annotations
 
