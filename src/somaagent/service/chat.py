@@ -436,12 +436,17 @@ class ChatService:
         candidates left) on its tier with room now; one with rate limits of its own needs
         room in them too (``within_quota``)."""
         adm, attempts = turn.adm, turn.attempts
-        if gives_way(self.upstreams, entry, attempts, rest, self.clock()):
+        up = self.upstreams[entry.model_id]
+        capped = up.slots is not None
+        if capped and gives_way(self.upstreams, entry, attempts, rest, self.clock()):
             return None
         if not await self.may_try(adm, entry, attempts):
             return None
-        up, deadline = self.upstreams[entry.model_id], self.timeout(adm, entry)
-        slot = await slot_for(up, attempts, deadline, gone)
+        slot = (
+            await slot_for(up, attempts, self.timeout(adm, entry), gone)
+            if capped
+            else Slot(None, 0.0)  # no limit: no wait, nothing to give back
+        )
         if slot is None or entry.rate_limits is None or self.limits is None:
             return slot
         return await within_quota(self.limits, entry, turn.request, slot, attempts)
