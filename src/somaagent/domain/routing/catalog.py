@@ -268,7 +268,7 @@ def _rate_limits(fields: FieldReader) -> RateLimits | None:
 
 
 def _concurrency(fields: FieldReader) -> Concurrency | None:
-    if not fields.has("concurrency") or fields.raw("concurrency") is None:
+    if fields.raw("concurrency") is None:
         return None
     limits = fields.nested("concurrency", _CONCURRENCY_KEYS)
     in_flight = limits.integer("max_in_flight", minimum=1)
