@@ -55,7 +55,9 @@ def every_upstream_failed(attempts: list[dict[str, Any]]) -> RequestError:
                 param="max_tokens",
                 code="request_too_large",
             )
-        wait_ms = min(int(a.get("retry_after_ms") or 1000) for a in full)
+        wait_ms = min(  # a model the call can never fit gives no time to wait for
+            int(a.get("retry_after_ms") or 1000) for a in full if a.get("limit") != "too_large"
+        )
         return RequestError(
             503,
             f"every model this call may use is at its concurrency or rate limit ({tried});"
