@@ -463,8 +463,7 @@ class ChatService:
         """End the answered attempt's span, settle its budget and quota, list it in
         ``attempts``."""
         self.end_span(span, record)
-        slot.settle(record.input_tokens + record.output_tokens)
-        await self.settle(adm, entry, record)
+        await self.settle(adm, entry, record, slot)
         attempts.append({"model_id": entry.model_id, "status": "ok"})
 
     async def attempt_failed(
@@ -500,8 +499,7 @@ class ChatService:
             queue_delay_ms=(started - received) * 1000,
             reason=reason,
         )
-        slot.settle(record.input_tokens + record.output_tokens)
-        await self.settle(adm, entry, record)
+        await self.settle(adm, entry, record, slot)
         return record
 
     async def may_try(
@@ -551,14 +549,19 @@ class ChatService:
         self.tracing.set(span, **span_results(record))
         self.tracing.end(span, None if record.status in ("ok", "fallback") else record.status)
 
-    async def settle(self, adm: Admission | None, entry: ModelEntry, record: CallRecord) -> None:
-        """Settle the attempt's budget reservation to what it used (zero when it failed)."""
+    async def settle(
+        self, adm: Admission | None, entry: ModelEntry, record: CallRecord, slot: Slot
+    ) -> None:
+        """Settle the attempt's budget reservation and its hold on the model's quota (the
+        slot's) to what it used (zero when it failed)."""
+        tokens = record.input_tokens + record.output_tokens
+        slot.settle(tokens)
         if adm is None or self.gate is None:
             return
         await self.gate.end(
             adm,
             entry,
-            tokens=record.input_tokens + record.output_tokens,
+            tokens=tokens,
             cost_usd=record.cost_usd,
             gpu_ms=record.gpu_ms,
         )

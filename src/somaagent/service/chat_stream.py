@@ -493,6 +493,5 @@ class _Stream:
             card = service.rates.current(entry.model_id, datetime.now(UTC))
             record.rate_card_version = card.version if card else "unpriced"
         service.end_span(self.span, record)
-        self.slot.settle(record.input_tokens + record.output_tokens)
-        await service.settle(self.adm, entry, record)
+        await service.settle(self.adm, entry, record, self.slot)
         return record, usage
