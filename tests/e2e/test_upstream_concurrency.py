@@ -6,7 +6,6 @@ with a Retry-After instead of an unbounded wait."""
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 import uuid
@@ -20,6 +19,7 @@ import openai
 import pytest
 import yaml
 from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from somaagent.bootstrap import Container
 from somaagent.settings import Settings
@@ -66,11 +66,10 @@ def holding_a_slot(sdk: OpenAI, session: str, model: str = PRIMARY) -> Iterator[
 def series(settings: Settings, name: str, **labels: str) -> float | None:
     """One sample of the gateway's /metrics (None: no such series)."""
     text = httpx.get(f"http://127.0.0.1:{settings.gateway_port}/metrics", timeout=10).text
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
-        if match and ",".join(sorted(match.group(1).split(","))) == want:
-            return float(match.group(2))
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
     return None
 
 
