@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import anyio
@@ -53,10 +53,15 @@ class FastJSONResponse(Response):
     """
 
     def __init__(
-        self, content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
+        self,
+        content: Any,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        after: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.status_code = status_code
         self.background = None
+        self.after = after  # run once the answer is written (a call's accounting)
         self.body = msgspec.json.encode(content)
         raw = [
             (b"content-type", b"application/json"),
@@ -67,10 +72,21 @@ class FastJSONResponse(Response):
         self.raw_headers = raw
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
-        await send({"type": "http.response.body", "body": self.body})
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            await send({"type": "http.response.body", "body": self.body})
+        finally:
+            if self.after is not None:
+                try:
+                    await self.after()
+                except Exception:  # the answer has left: a bug here is logged, not sent
+                    log.exception("accounting for an answered call failed")
 
 
 def openai_error(
@@ -200,9 +216,19 @@ async def chat_completions(request: Request) -> Response:
                     headers["x-request-id"] = request_id
                     return EventStream(body, headers)
                 gone = client_gone(request.receive)
-                outcome = await service.complete(chat, caller, ctx, received, approval_id, gone)
-                outcome.headers["x-request-id"] = request_id
-                return FastJSONResponse(outcome.body, headers=outcome.headers)
+                outcome = await service.complete(
+                    chat, caller, ctx, received, approval_id, gone, answer_first=True
+                )
+                # The call's events are built and spooled once the answer has left
+                # (``outcome.close``, run by the response), so the client does not wait.
+                try:
+                    outcome.headers["x-request-id"] = request_id
+                    return FastJSONResponse(
+                        outcome.body, headers=outcome.headers, after=outcome.close
+                    )
+                except BaseException:
+                    await outcome.close()
+                    raise
     except IdentityError as exc:
         kind = "authentication_error" if exc.status == 401 else "invalid_request_error"
         return openai_error(exc.status, str(exc), kind=kind)

@@ -5,11 +5,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from typing import Any, NoReturn, Protocol
 
 from somaagent.adapters.upstream import (
@@ -82,10 +84,25 @@ class ClientGone(Exception):
 
 @dataclass
 class ChatOutcome:
-    """What the HTTP layer answers with."""
+    """What the HTTP layer answers with, and what is left to do once the answer has left.
+
+    ``ChatService.complete(..., answer_first=True)`` leaves the answered call's accounting
+    (its events built, checked and spooled, its rate-limit hold settled, its metrics, the
+    end of its admission) to :meth:`close`, which the HTTP layer awaits right after the
+    answer is written: the client does not wait for it (see decisions.md, "Answer first").
+    """
 
     body: dict[str, Any]
     headers: dict[str, str]
+    # The answered call's events and metrics, not yet published (set by ``_answer``).
+    accounting: Callable[[], None] | None = None
+    after: Callable[[], Awaitable[None]] | None = None
+
+    async def close(self) -> None:
+        """Account for the call and end its admission; once (a no-op after)."""
+        after, self.after = self.after, None
+        if after is not None:
+            await after()
 
 
 @dataclass(slots=True)
@@ -305,25 +322,50 @@ class ChatService:
         received: float,
         approval_id: str | None = None,
         gone: Callable[[], bool] | None = None,
+        *,
+        answer_first: bool = False,
     ) -> ChatOutcome:
         """Answer a non-streamed call. ``gone`` says whether the client has left: then no
         further attempt (the first, a retry, a fallback, the escalation) is made for it
-        (``ClientGone``)."""
+        (``ClientGone``). The call is accounted for before this returns, unless
+        ``answer_first``: then the caller writes the answer and awaits
+        ``outcome.close()`` next (see :class:`ChatOutcome`)."""
         decision = self.route(request, caller)
         hold = await self.limits.admit(request, caller) if self.limits is not None else None
+        adm: Admission | None = None
+        outcome: ChatOutcome | None = None
         try:
             adm, candidates = await self.admit(request, caller, ctx, decision, approval_id)
+            turn = self.new_turn(request, caller, ctx, decision, adm, hold)
+            outcome = await self._complete(turn, received, decision, candidates, gone)
+        finally:
+            if outcome is None:  # refused, failed, the client left, or a bug: end it now
+                await self.conclude(adm, hold)
+        if hold is not None:
+            outcome.headers.update(hold.headers)
+        outcome.after = partial(self.conclude, adm, hold, outcome.accounting)
+        outcome.accounting = None
+        if not answer_first:
+            await outcome.close()
+        return outcome
+
+    async def conclude(
+        self,
+        adm: Admission | None,
+        hold: RateHold | None,
+        accounting: Callable[[], None] | None = None,
+    ) -> None:
+        """Publish an answered call's events (``accounting``), then end its admission
+        (:meth:`finish`) and release a rate-limit hold no accounting settled."""
+        try:
             try:
-                turn = self.new_turn(request, caller, ctx, decision, adm, hold)
-                outcome = await self._complete(turn, received, decision, candidates, gone)
+                if accounting is not None:
+                    accounting()
             finally:
                 await self.finish(adm)
         finally:
             if hold is not None:
                 hold.release()  # when no accounting settled it (a refusal, a bug)
-        if hold is not None:
-            outcome.headers.update(hold.headers)
-        return outcome
 
     async def finish(self, adm: Admission | None) -> None:
         """End a request's admission: release a reservation no attempt settled and publish
@@ -399,8 +441,7 @@ class ChatService:
             notice = self.notice(record, caller)
             if notice:
                 tree["escalation_notice"] = notice
-            self.account(turn, records)
-            return self._answer(result.body, usage, record, records, adm, notice)
+            return self._answer(turn, result.body, usage, record, records, notice)
         if gone is not None and gone():  # it left during the last attempt or its wait
             self.left(turn, records)
         return self.exhausted(turn, records, deferred)
@@ -593,8 +634,7 @@ class ChatService:
             body, deferred_usage, answered = deferred
             answered.status = "ok"
             turn.tree["escalation_failed"] = True
-            self.account(turn, records)
-            return self._answer(body, deferred_usage, answered, records, turn.adm, None)
+            return self._answer(turn, body, deferred_usage, answered, records, None)
         self.all_failed(turn, records)
 
     def left(self, turn: Turn, records: list[CallRecord]) -> NoReturn:
@@ -673,13 +713,16 @@ class ChatService:
 
     def _answer(
         self,
+        turn: Turn,
         body: dict[str, Any],
         usage: Usage,
         record: CallRecord,
         records: list[CallRecord],
-        adm: Admission | None,
         notice: str | None,
     ) -> ChatOutcome:
+        """The client's answer; the turn's accounting (``account``) travels with it, to
+        run once the answer has left (see :meth:`complete`)."""
+        adm = turn.adm
         out = dict(body)
         out.pop("timings", None)
         out["usage"] = {
@@ -697,4 +740,6 @@ class ChatService:
         }
         if notice:
             headers["x-soma-escalation-notice"] = notice
-        return ChatOutcome(body=out, headers=headers)
+        # In the request's context (its trace span and log fields), wherever it runs.
+        accounting = partial(contextvars.copy_context().run, self.account, turn, records)
+        return ChatOutcome(out, headers, accounting)
