@@ -387,9 +387,14 @@ class EventStream(Response):
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(watch)
-                async for chunk in self.stream:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                stream = self.stream
+                async for chunk in stream:
+                    last = stream.last  # the answer's end: the response ends with it
+                    await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+                    if last:  # the call's events are published as the body closes, below
+                        break
+                else:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):

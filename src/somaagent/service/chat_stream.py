@@ -15,10 +15,11 @@ import asyncio
 import contextvars
 import json
 import time
-from collections.abc import AsyncGenerator, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from somaagent.adapters.upstream import (
@@ -282,6 +283,12 @@ class StreamBody:
     def __aiter__(self) -> StreamBody:
         return self
 
+    @property
+    def last(self) -> bool:
+        """Whether the chunk just returned ends the answer: the response ends with it, and
+        closing the body then publishes the call's events (answer first)."""
+        return self._state.last
+
     async def __anext__(self) -> bytes:
         self._started = True
         return await self._body.__anext__()
@@ -321,6 +328,7 @@ class _Stream:
         # The body runs after the handler has left the request's span and log context:
         # accounting re-enters them so its spans and log lines stay in the request's trace.
         self.context = contextvars.copy_context()
+        self.last = False  # the body's next chunk ends the answer
 
     def start(self, adm: Admission | None) -> AsyncGenerator[StreamEvent, None]:
         """Send the attempt's upstream request (under ``adm``); its stream of events."""
@@ -364,13 +372,18 @@ class _Stream:
                         raise head.error
                     event = await upstream.__anext__()
             assert summary is not None
-            cost, usage_chunk, notice = await self._settle(summary, interrupted=False)
-            trailer = {"cost_usd": f"{cost:f}"}
-            if notice:
-                trailer["escalation_notice"] = notice
-            pending += [usage_chunk, b": soma " + json.dumps(trailer).encode() + b"\n\n", _DONE]
-            yield b"".join(pending)
-            finished = True
+            ending, accounting = await self._ending(summary)
+            pending += ending
+            finished = self.last = True  # this chunk ends the response (``StreamBody.last``)
+            try:
+                yield b"".join(pending)
+            finally:
+                # Answer first: the events are published once the end of the answer is
+                # written (or the client left at it), so the client does not wait for them.
+                try:
+                    accounting()
+                finally:
+                    await self.service.finish(self.adm)
         except UpstreamError as exc:
             summary = self.acc.summary()
             await self._settle(summary, interrupted=False, error=exc)
@@ -389,6 +402,21 @@ class _Stream:
                 # The client went away (or we were cancelled): close the upstream request and
                 # account for what was produced, outside this (possibly cancelled) task.
                 _in_background(self.service, self._interrupted(upstream))
+
+    async def _ending(self, summary: StreamSummary) -> tuple[list[bytes], Callable[[], None]]:
+        """The answer's last chunks (the usage chunk if it was counted here, the cost as an
+        SSE comment, ``[DONE]``) and the turn's accounting, still to run. The upstream
+        request is over: its slot is released."""
+        self.slot.release()
+        try:
+            cost, usage_chunk, notice, accounting = await self._account(summary, interrupted=False)
+        except BaseException:
+            await self.service.finish(self.adm)
+            raise
+        trailer = {"cost_usd": f"{cost:f}"}
+        if notice:
+            trailer["escalation_notice"] = notice
+        return [usage_chunk, b": soma " + json.dumps(trailer).encode() + b"\n\n", _DONE], accounting
 
     def abandon(self, upstream: AsyncGenerator[StreamEvent, None]) -> None:
         """The body was never iterated (the client left before it started): close the
@@ -412,13 +440,20 @@ class _Stream:
     ) -> tuple[Decimal, bytes, str | None]:
         self.slot.release()
         try:
-            return await self._account(summary, interrupted=interrupted, error=error)
+            cost, chunk, notice, accounting = await self._account(
+                summary, interrupted=interrupted, error=error
+            )
+            accounting()
+            return cost, chunk, notice
         finally:
             await self.service.finish(self.adm)
 
     async def _account(
         self, summary: StreamSummary, *, interrupted: bool, error: UpstreamError | None = None
-    ) -> tuple[Decimal, bytes, str | None]:
+    ) -> tuple[Decimal, bytes, str | None, Callable[[], None]]:
+        """The attempt's cost, the usage chunk to relay (if the upstream sent none), the
+        escalation notice, and the turn's accounting (``ChatService.account``, in the
+        request's context), left for the caller to run."""
         service, entry = self.service, self.entry
         if self.recorded is None:
             record, usage = await self.record(summary, interrupted=interrupted, error=error)
@@ -430,7 +465,8 @@ class _Stream:
         if notice:
             self.turn.tree["escalation_notice"] = notice
         records = [*self.failed, record]
-        self.context.run(
+        accounting = partial(
+            self.context.run,
             service.account,
             self.turn,
             records,
@@ -452,7 +488,7 @@ class _Stream:
             }
             chunk = b"data: " + json.dumps(payload).encode() + b"\n\n"
         total = exact_sum(r.cost_usd for r in records)
-        return total, chunk, notice
+        return total, chunk, notice, accounting
 
     async def record(
         self, summary: StreamSummary, *, interrupted: bool, error: UpstreamError | None = None
