@@ -8,11 +8,11 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
 from somaagent.adapters.upstream import (
     Measurements,
@@ -54,6 +54,7 @@ from somaagent.service.call_records import (
     span_results,
 )
 from somaagent.service.chat_errors import every_upstream_failed, rejected, route_headers
+from somaagent.service.chat_turn import ChatOutcome, ClientGone, Publisher, Turn
 from somaagent.service.escalation_notice import escalation_notice
 from somaagent.service.rate_limits import RateGate, RateHold
 from somaagent.service.upstream_slots import Slot
@@ -63,64 +64,13 @@ __all__ = [
     "ChatOutcome",
     "ChatService",
     "ClientGone",
+    "Turn",
     "Upstream",
     "route_headers",
     "upstream_signal",
 ]
 
 log = logging.getLogger("somaagent.chat")
-
-
-class Publisher(Protocol):
-    def publish_many(self, records: list[tuple[str, bytes, bytes]]) -> bool: ...
-
-    @property
-    def spool_error(self) -> str | None: ...
-
-
-class ClientGone(Exception):
-    """The client left before its answer: the call ended without a further attempt."""
-
-
-@dataclass
-class ChatOutcome:
-    """What the HTTP layer answers with, and what is left to do once the answer has left.
-
-    ``ChatService.complete(..., answer_first=True)`` leaves the answered call's accounting
-    (its events built, checked and spooled, its rate-limit hold settled, its metrics, the
-    end of its admission) to :meth:`close`, which the HTTP layer awaits right after the
-    answer is written: the client does not wait for it (see decisions.md, "Answer first").
-    """
-
-    body: dict[str, Any]
-    headers: dict[str, str]
-    # The answered call's events and metrics, not yet published (set by ``_answer``).
-    accounting: Callable[[], None] | None = None
-    after: Callable[[], Awaitable[None]] | None = None
-
-    async def close(self) -> None:
-        """Account for the call and end its admission; once (a no-op after)."""
-        after, self.after = self.after, None
-        if after is not None:
-            await after()
-
-
-@dataclass(slots=True)
-class Turn:
-    """One request on its way through its attempts: what accounting for it needs."""
-
-    request: ChatRequest
-    caller: Caller
-    ctx: RequestContext
-    tree: dict[str, Any]  # the events' decision tree (router, policy verdict, attempts)
-    adm: Admission | None
-    hold: RateHold | None = None  # its place in the key's rate limits
-
-    @property
-    def attempts(self) -> list[dict[str, Any]]:
-        """The tree's ``attempts``: one entry per attempt, appended as they are made."""
-        attempts: list[dict[str, Any]] = self.tree["attempts"]
-        return attempts
 
 
 @dataclass
