@@ -1,6 +1,7 @@
-"""API keys' rate limits through two gateway replicas sharing one Redis, against the real
-llama.cpp servers: the limits hold across the replicas exactly, a refusal is an OpenAI 429
-the SDKs understand, and the tokens limit counts what the calls really used."""
+"""API keys' and tenants' rate limits through two gateway replicas sharing one Redis,
+against the real llama.cpp servers: the limits hold across the replicas exactly, a refusal
+is an OpenAI 429 the SDKs understand, and the tokens limit counts what the calls really
+used."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+import redis
 
 from somaagent.adapters.api_keys import ApiKeyStore
+from somaagent.adapters.redis_rate_limit import rate_keys
+from somaagent.adapters.tenant_limits import TenantLimitStore
 from somaagent.bootstrap import Container
 from somaagent.domain.worst_case import prompt_token_bound
 from somaagent.settings import Settings
@@ -147,3 +151,48 @@ def test_a_stream_cut_short_counts_the_tokens_it_produced(
         worst = prompt_token_bound(MESSAGES) + 8
         # Its hold (bound + 200) was replaced by what it had produced when it was cut.
         assert int(after.headers["x-ratelimit-remaining-tokens"]) == limit - produced - worst
+
+
+def test_a_tenants_keys_share_its_limits_across_two_replicas(
+    stack: Settings, pipeline: tuple[Container, dict[str, str]]
+) -> None:
+    worker, env = pipeline
+    tenant = f"rlt-{uuid.uuid4().hex[:8]}"
+    with ApiKeyStore(stack.secret("postgres_dsn")) as keys:
+        keys_of_tenant = [keys.create(tenant, "support", "user", rpm=10)[1] for _ in range(3)]
+        _other_id, other = keys.create(f"rlo-{uuid.uuid4().hex[:8]}", "support", "user")
+    TenantLimitStore(stack.secret("postgres_dsn")).set(tenant, rpm=4)
+    session = f"rlt-{uuid.uuid4().hex[:8]}"
+    with running_gateway(env) as a, running_gateway(env) as b:
+        ports = [a.gateway_port, b.gateway_port]
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(
+                pool.map(lambda i: ask(ports[i % 2], keys_of_tenant[i % 3], session), range(9))
+            )
+        ok = [r for r in answers if r.status_code == 200]
+        refused = [r for r in answers if r.status_code == 429]
+        assert len(ok) == 4 and len(refused) == 5, [r.status_code for r in answers]
+        # The tenant's limit is the tighter one: the headers show it.
+        assert sorted(r.headers["x-ratelimit-remaining-requests"] for r in ok) == list("0123")
+        assert {r.headers["x-ratelimit-limit-requests"] for r in answers} == {"4"}
+        for r in refused:
+            error = r.json()["error"]
+            assert error["code"] == "rate_limit_exceeded"
+            assert error["message"].startswith(f"rate limit reached for tenant {tenant}: 4 ")
+        assert ask(ports[0], other, session).status_code == 200  # another tenant: not limited
+        metrics = "".join(httpx.get(f"http://127.0.0.1:{p}/metrics", timeout=5).text for p in ports)
+        series = rf'soma_rate_limited_total\{{limit="tenant_requests",tenant="{tenant}"\}}'
+        counted = re.findall(series + r" (\S+)", metrics)
+        assert sum(float(c) for c in counted) == 5
+    # The refused calls were withdrawn from their keys' windows: each key counts only its
+    # admitted calls (4 over three keys), not the 9 it was asked for.
+    rl = redis.Redis.from_url(stack.url("redis_url"))
+    try:
+        with ApiKeyStore(stack.secret("postgres_dsn")) as keys:
+            ids = [k.key_id for k in keys.list(tenant)]
+        assert sum(rl.zcard(rate_keys(i)[0]) for i in ids) == 4
+        assert rl.zcard(rate_keys(f"tenant:{tenant}")[0]) == 4
+    finally:
+        rl.close()
+    assert wait_until(lambda: len(events_for(worker, "slm_metrics", session)) >= 5)
+    assert len(events_for(worker, "slm_metrics", session)) == 5  # 4 of the tenant + 1 other

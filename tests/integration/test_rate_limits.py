@@ -266,7 +266,7 @@ def test_the_gate_holds_a_call_until_its_accounting_settles_it(url: str) -> None
         gate = RateGate(limiter, unavailable=(RateLimitUnavailable,), close=limiter.aclose)
         try:
             first = await gate.admit(request, caller)
-            assert first is not None and first.decision.tokens_left == 200 - worst
+            assert first is not None and first.holds[0].decision.tokens_left == 200 - worst
             first.settle(7)  # what its attempts used
             first.release()  # a no-op once settled
             second = await gate.admit(request, caller)
@@ -274,7 +274,7 @@ def test_the_gate_holds_a_call_until_its_accounting_settles_it(url: str) -> None
             second.release()  # refused after admission (the policy): nothing used
             third = await gate.admit(request, caller)
             assert third is not None
-            return [first.decision, second.decision, third.decision]
+            return [h.holds[0].decision for h in (first, second, third)]
         finally:
             await gate.aclose()
 
@@ -343,7 +343,7 @@ def test_a_request_cancelled_while_redis_decides_leaves_no_hold(url: str) -> Non
             await asyncio.sleep(0.2)  # the reply, then the release it causes
             after = await gate.admit(request, caller)
             assert after is not None
-            return task.cancelled(), after.decision
+            return task.cancelled(), after.holds[0].decision
         finally:
             await gate.aclose()
 

@@ -227,19 +227,22 @@ class ApiKeyStore:
             if row is not NOT_CACHED:
                 return row
             found = conn.execute(
-                "SELECT secret_sha256, tenant, persona, role, expires_at, rpm_limit, tpm_limit"
-                " FROM api_keys WHERE key_id = %s AND revoked_at IS NULL",
+                "SELECT k.secret_sha256, k.tenant, k.persona, k.role, k.expires_at,"
+                " k.rpm_limit, k.tpm_limit, t.rpm_limit, t.tpm_limit"
+                " FROM api_keys k LEFT JOIN tenant_limits t ON t.tenant = k.tenant"
+                " WHERE k.key_id = %s AND k.revoked_at IS NULL",
                 (key_id,),
             ).fetchone()
             row = None
             if found is not None:
-                digest, tenant, persona, role, expires_at, rpm, tpm = found
+                digest, tenant, persona, role, expires_at, rpm, tpm, t_rpm, t_tpm = found
                 caller = Caller(
                     key_id=key_id,
                     tenant=tenant,
                     persona=persona,
                     role=role,
                     limits=RateLimits.of(rpm, tpm),
+                    tenant_limits=RateLimits.of(t_rpm, t_tpm),
                 )
                 expires = expires_at.timestamp() if expires_at is not None else None
                 row = _Row(bytes.fromhex(digest), caller, expires)

@@ -1,8 +1,10 @@
-"""API keys' rate limits in Redis: one Lua script to admit a request, one to settle it.
+"""Rate limits in Redis (of API keys, tenants, models): one Lua script to admit a request,
+one to settle it, one to withdraw it.
 
-The scripts (``adapters/lua/rate_admit.lua``, ``rate_settle.lua``) read the server's clock
-(``TIME``), so every gateway replica counts on one clock, and each decision is atomic: N
-replicas share one limit exactly. Per key, four keys hash-tagged ``{key:<key_id>}`` (one
+The scripts (``adapters/lua/rate_admit.lua``, ``rate_settle.lua``, ``rate_withdraw.lua``)
+read the server's clock (``TIME``), so every gateway replica counts on one clock, and each
+decision is atomic: N replicas share one limit exactly. Per scope (a key id,
+``tenant:<tenant>``, ``model:<id>``), four keys hash-tagged ``{key:<scope>}`` (one
 Redis Cluster slot): the admitted requests and the settled calls of the window (sorted by
 time), the token holds of calls in flight (sorted by expiry), and their amounts with the
 two running totals. Every key expires once idle for a window plus the hold lifetime.
@@ -57,6 +59,7 @@ class RedisRateLimiter:
         self._defer_s = defer_s
         self._admit = Script.packaged("rate_admit.lua")
         self._settle = Script.packaged("rate_settle.lua")
+        self._withdraw = Script.packaged("rate_withdraw.lua")
 
     async def admit(
         self, key_id: str, hold_id: str, limits: RateLimits, tokens: int
@@ -89,6 +92,14 @@ class RedisRateLimiter:
         return self._settled(
             self._resp.submit_script(self._settle, keys, args, defer_s=self._defer_s)
         )
+
+    def withdraw(self, key_id: str, hold_id: str) -> Awaitable[bool]:
+        """Take an admitted request back out of ``key_id``'s window (another of its scopes
+        refused it): it no longer counts as a request, and its token hold is gone. Queued
+        before this returns, as ``settle``. The awaitable says False when it no longer
+        counted."""
+        work = self._resp.submit_script(self._withdraw, rate_keys(key_id), [hold_id])
+        return self._settled(work)
 
     async def _settled(self, work: Awaitable[Any]) -> bool:
         return bool(await self._call(work))

@@ -64,6 +64,7 @@ class Caller:
     persona: str
     role: str
     limits: RateLimits | None = None  # the key's rate limits (None: not limited)
+    tenant_limits: RateLimits | None = None  # its tenant's, shared by all its keys
 
 
 class _Rule:

@@ -1,7 +1,9 @@
-"""Per-API-key rate limits: requests and tokens per sliding window (pure logic, no I/O).
+"""Rate limits of API keys and tenants: requests and tokens per sliding window (pure logic,
+no I/O).
 
 A key may carry a requests-per-minute limit (``rpm``), a tokens-per-minute limit (``tpm``),
-both or neither. Their state lives in Redis (``adapters.redis_rate_limit``), so every
+both or neither; so may its tenant, whose limits all its keys share (a request counts in
+both, and must fit both). Their state lives in Redis (``adapters.redis_rate_limit``), so every
 gateway replica sees the same counts, on the Redis server's clock, and a decision is one
 atomic script: the limits hold across replicas exactly, not per process.
 
@@ -30,6 +32,7 @@ __all__ = [
     "check_limit",
     "rate_headers",
     "rate_refusal",
+    "tightest_headers",
 ]
 
 MAX_LIMIT = 1_000_000_000  # far above any real limit; keeps every sum an exact Lua number
@@ -106,16 +109,37 @@ def rate_headers(limits: RateLimits, decision: RateDecision) -> dict[str, str]:
     return headers
 
 
-def rate_refusal(limits: RateLimits, decision: RateDecision, worst_tokens: int) -> RequestError:
+def tightest_headers(held: list[tuple[RateLimits, RateDecision]]) -> dict[str, str]:
+    """The ``x-ratelimit-*`` headers of a request admitted in several scopes (its key's
+    limits and its tenant's): per dimension, the scope with the least left."""
+    headers: dict[str, str] = {}
+    for dimension, left in (("requests", "requests_left"), ("tokens", "tokens_left")):
+        limited = [
+            (max(getattr(d, left) or 0, 0), limits.rpm if dimension == "requests" else limits.tpm)
+            for limits, d in held
+            if (limits.rpm if dimension == "requests" else limits.tpm) is not None
+        ]
+        if limited:
+            remaining, limit = min(limited)
+            headers[f"x-ratelimit-limit-{dimension}"] = str(limit)
+            headers[f"x-ratelimit-remaining-{dimension}"] = str(remaining)
+    return headers
+
+
+def rate_refusal(
+    limits: RateLimits, decision: RateDecision, worst_tokens: int, tenant: str | None = None
+) -> RequestError:
     """The client's error for a request the limits refused: 429 with ``Retry-After`` (whole
     seconds, rounded up) and ``retry-after-ms`` (which the OpenAI SDKs honour), or 400 for
-    a request that can never fit."""
+    a request that can never fit. ``tenant``: the tenant whose limits refused it (None:
+    the key's)."""
+    whose, this = ("the key", "this API key") if tenant is None else (f"tenant {tenant}",) * 2
     headers = rate_headers(limits, decision)
     if decision.status == "too_large":
         return RequestError(
             400,
             f"this request may use up to {worst_tokens} tokens (prompt bound + max_tokens),"
-            f" more than the key's limit of {limits.tpm} tokens per minute; lower max_tokens"
+            f" more than {whose}'s limit of {limits.tpm} tokens per minute; lower max_tokens"
             " or shorten the prompt",
             param="max_tokens",
             code="request_too_large",
@@ -130,7 +154,7 @@ def rate_refusal(limits: RateLimits, decision: RateDecision, worst_tokens: int) 
         what = f"{limits.tpm} tokens per minute (this request may use {worst_tokens})"
     return RequestError(
         429,
-        f"rate limit reached for this API key: {what}; retry in {retry_ms / 1000:.3f} s",
+        f"rate limit reached for {this}: {what}; retry in {retry_ms / 1000:.3f} s",
         code="rate_limit_exceeded",
         kind="rate_limit_error",
         headers=headers,

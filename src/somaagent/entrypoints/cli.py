@@ -13,6 +13,7 @@ import psycopg
 
 from somaagent.adapters import postgres
 from somaagent.adapters.api_keys import ApiKeyError, ApiKeyStore, KeyStoreUnavailable
+from somaagent.adapters.tenant_limits import TenantLimitStore
 from somaagent.domain.rate_limits import MAX_LIMIT, check_limit
 from somaagent.entrypoints.cli_budgets import add_budgets
 from somaagent.entrypoints.cli_money import add_cost, add_ratecards
@@ -107,13 +108,18 @@ def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return worker.run(settings)
 
 
-def _key_store(settings: Settings) -> ApiKeyStore:
+def _migrated(settings: Settings) -> str:
+    """The PostgreSQL DSN, its migrations applied."""
     dsn = settings.secret("postgres_dsn")
     try:
         postgres.migrate(dsn)
     except psycopg.OperationalError as exc:
         raise KeyStoreUnavailable.from_error(exc) from exc
-    return ApiKeyStore(dsn)
+    return dsn
+
+
+def _key_store(settings: Settings) -> ApiKeyStore:
+    return ApiKeyStore(_migrated(settings))
 
 
 def _cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
@@ -169,6 +175,29 @@ def _cmd_keys_limits(settings: Settings, args: argparse.Namespace) -> int:
         raise ApiKeyError(f"no active key {args.key_id} (unknown or revoked)")
     rpm, tpm = limits
     print(f"{args.key_id}  rpm {rpm or 'unlimited'}  tpm {tpm or 'unlimited'}")
+    return 0
+
+
+def _cmd_tenants_limits(settings: Settings, args: argparse.Namespace) -> int:
+    changes = {name: getattr(args, name) for name in ("rpm", "tpm")}
+    changes = {k: v for k, v in changes.items() if v is not _KEEP}
+    if not changes:
+        raise SettingsError("give --rpm and/or --tpm (a number, or 'none' to lift it)")
+    limits = TenantLimitStore(_migrated(settings)).set(args.tenant, **changes)
+    rpm, tpm = limits.rpm_limit, limits.tpm_limit
+    print(f"{limits.tenant}  rpm {rpm or 'unlimited'}  tpm {tpm or 'unlimited'}")
+    return 0
+
+
+def _cmd_tenants_list(settings: Settings, args: argparse.Namespace) -> int:
+    rows = TenantLimitStore(_migrated(settings)).list()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows], default=str))
+        return 0
+    print(f"{'tenant':<32} {'rpm':>10} {'tpm':>12}  updated")
+    for r in rows:
+        updated = r.updated_at.isoformat(timespec="seconds") if r.updated_at else "-"
+        print(f"{r.tenant:<32} {r.rpm_limit or '-':>10} {r.tpm_limit or '-':>12}  {updated}")
     return 0
 
 
@@ -230,6 +259,21 @@ def _add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     limits.set_defaults(func=_cmd_keys_limits)
 
 
+def _add_tenants(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tenants = sub.add_parser("tenants", help="tenants' rate limits, shared by all their keys")
+    tenants_sub = tenants.add_subparsers(dest="tenants_command", required=True)
+    limits = tenants_sub.add_parser(
+        "limits", help="set a tenant's rate limits (requests/tokens per minute; 'none' lifts one)"
+    )
+    limits.add_argument("tenant")
+    limits.add_argument("--rpm", type=_limit, default=_KEEP, metavar="N|none")
+    limits.add_argument("--tpm", type=_limit, default=_KEEP, metavar="N|none")
+    limits.set_defaults(func=_cmd_tenants_limits)
+    lst = tenants_sub.add_parser("list", help="list the tenants that have limits")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=_cmd_tenants_list)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="soma", description="SomaAgent 01 control plane")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -253,6 +297,7 @@ def _parser() -> argparse.ArgumentParser:
     wk.add_argument("--name", default="worker", help="spool name for its dead-letter producer")
     wk.set_defaults(func=_cmd_worker)
     _add_keys(sub)
+    _add_tenants(sub)
     add_budgets(sub)
     add_ratecards(sub)
     add_cost(sub)

@@ -56,7 +56,7 @@ from somaagent.service.call_records import (
 from somaagent.service.chat_errors import every_upstream_failed, rejected, route_headers
 from somaagent.service.chat_turn import ChatOutcome, ClientGone, Publisher, Turn
 from somaagent.service.escalation_notice import escalation_notice
-from somaagent.service.rate_limits import RateGate, RateHold
+from somaagent.service.rate_limits import RateGate, RateHolds
 from somaagent.service.upstream_slots import Slot
 from somaagent.service.upstreams import Upstream, gives_way, send, slot_for, within_quota
 
@@ -302,7 +302,7 @@ class ChatService:
     async def conclude(
         self,
         adm: Admission | None,
-        hold: RateHold | None,
+        hold: RateHolds | None,
         accounting: Callable[[], None] | None = None,
     ) -> None:
         """Publish an answered call's events (``accounting``), then end its admission
@@ -403,7 +403,7 @@ class ChatService:
         ctx: RequestContext,
         decision: Decision,
         adm: Admission | None,
-        hold: RateHold | None = None,
+        hold: RateHolds | None = None,
     ) -> Turn:
         """The request's turn, with the events' decision tree (router + policy verdict) and
         its empty attempts list."""

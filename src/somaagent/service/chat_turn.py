@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from somaagent.domain.chat_request import ChatRequest
 from somaagent.domain.identity import Caller, RequestContext
 from somaagent.service.admission import Admission
-from somaagent.service.rate_limits import RateHold
+from somaagent.service.rate_limits import RateHolds
 
 __all__ = ["ChatOutcome", "ClientGone", "Publisher", "Turn"]
 
@@ -62,7 +62,7 @@ class Turn:
     ctx: RequestContext
     tree: dict[str, Any]  # the events' decision tree (router, policy verdict, attempts)
     adm: Admission | None
-    hold: RateHold | None = None  # its place in the key's rate limits
+    hold: RateHolds | None = None  # its place in its key's and tenant's rate limits
 
     @property
     def attempts(self) -> list[dict[str, Any]]:
