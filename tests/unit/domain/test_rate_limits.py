@@ -11,6 +11,7 @@ from somaagent.domain.rate_limits import (
     check_limit,
     rate_headers,
     rate_refusal,
+    tightest_headers,
 )
 
 
@@ -70,3 +71,29 @@ def test_a_request_that_can_never_fit_is_a_400_without_retry() -> None:
     assert error.param == "max_tokens"
     assert "up to 4096 tokens" in error.message and "limit of 1000" in error.message
     assert "retry-after" not in error.headers
+
+
+def test_a_refusal_names_the_tenant_whose_limit_it_was() -> None:
+    error = rate_refusal(RateLimits(rpm=3), RateDecision("requests", retry_ms=2500), 0, "acme")
+    assert error.message == (
+        "rate limit reached for tenant acme: 3 requests per minute; retry in 2.500 s"
+    )
+    big = rate_refusal(RateLimits(tpm=50), RateDecision("too_large"), 90, "acme")
+    assert "more than tenant acme's limit of 50 tokens per minute" in big.message
+    keys = rate_refusal(RateLimits(tpm=50), RateDecision("too_large"), 90)
+    assert "the key's limit of 50" in keys.message
+
+
+def test_several_scopes_show_the_tightest_per_dimension() -> None:
+    key = (
+        RateLimits(rpm=10, tpm=5_000),
+        RateDecision("admitted", requests_left=9, tokens_left=4_000),
+    )
+    tenant = (RateLimits(rpm=4), RateDecision("admitted", requests_left=3))
+    assert tightest_headers([key, tenant]) == {
+        "x-ratelimit-limit-requests": "4",
+        "x-ratelimit-remaining-requests": "3",
+        "x-ratelimit-limit-tokens": "5000",
+        "x-ratelimit-remaining-tokens": "4000",
+    }
+    assert tightest_headers([key]) == rate_headers(*key)
