@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from collections.abc import Iterator
 
 import psycopg
@@ -16,7 +15,7 @@ from somaagent.adapters.api_keys import ApiKeyStore
 from somaagent.adapters.tenant_limits import InvalidTenantLimit, TenantLimits, TenantLimitStore
 from somaagent.domain.rate_limits import RateLimits
 from somaagent.settings import Settings
-from tests.integration.test_api_keys import soma
+from tests.integration.test_api_keys import soma, tenant
 
 TTL_S = 0.2
 
@@ -32,10 +31,6 @@ def dsn(stack: Settings) -> str:
 def keys(dsn: str) -> Iterator[ApiKeyStore]:
     with ApiKeyStore(dsn, ttl_s=TTL_S, negative_ttl_s=TTL_S) as s:
         yield s
-
-
-def tenant() -> str:
-    return f"t-{uuid.uuid4().hex[:12]}"
 
 
 def test_limits_are_set_kept_per_dimension_and_lifted(dsn: str) -> None:

@@ -254,9 +254,14 @@ def _add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "limits", help="set a key's rate limits (requests/tokens per minute; 'none' lifts one)"
     )
     limits.add_argument("key_id")
-    limits.add_argument("--rpm", type=_limit, default=_KEEP, metavar="N|none")
-    limits.add_argument("--tpm", type=_limit, default=_KEEP, metavar="N|none")
+    _limit_options(limits)
     limits.set_defaults(func=_cmd_keys_limits)
+
+
+def _limit_options(parser: argparse.ArgumentParser) -> None:
+    """``--rpm`` / ``--tpm`` of a ``limits`` command (absent: that limit stays as it is)."""
+    parser.add_argument("--rpm", type=_limit, default=_KEEP, metavar="N|none")
+    parser.add_argument("--tpm", type=_limit, default=_KEEP, metavar="N|none")
 
 
 def _add_tenants(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -266,8 +271,7 @@ def _add_tenants(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "limits", help="set a tenant's rate limits (requests/tokens per minute; 'none' lifts one)"
     )
     limits.add_argument("tenant")
-    limits.add_argument("--rpm", type=_limit, default=_KEEP, metavar="N|none")
-    limits.add_argument("--tpm", type=_limit, default=_KEEP, metavar="N|none")
+    _limit_options(limits)
     limits.set_defaults(func=_cmd_tenants_limits)
     lst = tenants_sub.add_parser("list", help="list the tenants that have limits")
     lst.add_argument("--json", action="store_true")
