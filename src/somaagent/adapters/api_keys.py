@@ -13,7 +13,9 @@ evicted first), and an unknown or revoked key id is cached as absent for ``negat
 (default 2 s), so repeating one bad key does not reach the database; a malformed key never
 does. A revocation made by another process is therefore honoured within
 ``ttl_s``; one made through this store object is honoured at once. Expiry is checked on
-every call against the cached expiry time, so it is exact.
+every call against the cached expiry time, so it is exact. A key's row carries its own rate
+limits and its tenant's (``tenant_limits``, migration 0007, read in the same statement), so
+a tenant's limits change within ``ttl_s`` too.
 
 Thread-safe: the cache has its own lock, and the single PostgreSQL connection (psycopg_pool
 is not installed) is used under a second lock and reopened after a connection failure.

@@ -68,6 +68,8 @@ class TenantLimitStore:
         except ValueError as exc:
             raise InvalidTenantLimit(str(exc)) from None
         with self._connect() as conn, conn.transaction():
+            # One change of a tenant at a time (FOR UPDATE cannot lock a row not yet there).
+            conn.execute("SELECT pg_advisory_xact_lock(74210007, hashtext(%s))", (tenant,))
             # A dimension not given keeps its limit (a new tenant's: none); a row with
             # neither limit is deleted instead (the table's CHECK refuses it).
             current = conn.execute(

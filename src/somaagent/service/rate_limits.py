@@ -206,7 +206,7 @@ class RateGate:
 
     def withdraw(self, key_id: str, hold_id: str) -> None:
         """Take an admitted request back out of ``key_id``'s window, in the background."""
-        self._track(self._settle(self.limiter.withdraw(key_id, hold_id), key_id, 0))
+        self._track(self._settle(self.limiter.withdraw(key_id, hold_id), key_id, None))
 
     async def admit_model(self, entry: ModelEntry, request: ChatRequest) -> RateHold | RateDecision:
         """A hold on ``entry``'s own limits (its provider's quota, shared by every gateway
@@ -252,11 +252,13 @@ class RateGate:
         task.add_done_callback(self.background.discard)
 
     @staticmethod
-    async def _settle(work: Awaitable[bool], key_id: str, tokens: int) -> None:
+    async def _settle(work: Awaitable[bool], key_id: str, tokens: int | None) -> None:
+        """Await a settle (``tokens`` used) or a withdrawal (None) sent in the background."""
         try:
             await work
         except Exception as exc:  # its hold lapses after the hold lifetime instead
-            log.warning("rate-limit settle of key %s (%d tokens) failed: %s", key_id, tokens, exc)
+            what = "withdrawal" if tokens is None else f"settle ({tokens} tokens)"
+            log.warning("rate-limit %s in scope %s failed: %s", what, key_id, exc)
 
     async def aclose(self) -> None:
         """Wait for the settles under way, then close the limiter's connection."""
