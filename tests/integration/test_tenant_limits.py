@@ -101,3 +101,10 @@ def test_cli_tenant_limits(stack: Settings) -> None:
     assert bad.returncode == 1 and bad.stderr.startswith("soma: error: tenant must be")
     nothing = soma(stack, "tenants", "limits", t)
     assert nothing.returncode == 2 and "give --rpm and/or --tpm" in nothing.stderr
+
+
+def test_postgresql_away_is_a_one_line_error(stack: Settings) -> None:
+    down = soma(stack, "tenants", "list", SOMA_POSTGRES_DSN="postgresql://postgres@127.0.0.1:1/x")
+    assert down.returncode == 1
+    assert down.stderr.startswith("soma: error: PostgreSQL unavailable: ")
+    assert down.stderr.count("\n") == 1

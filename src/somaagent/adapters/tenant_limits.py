@@ -8,6 +8,8 @@ both limits deletes the row.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -48,12 +50,16 @@ class TenantLimitStore:
         self._dsn = dsn
         self._connect_timeout_s = connect_timeout_s
 
-    def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
+    @contextmanager
+    def _connect(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+        """A connection for one call; PostgreSQL away (at connect or later) is
+        ``KeyStoreUnavailable``, a one-line error for the CLI."""
         try:
-            return psycopg.connect(
+            with psycopg.connect(
                 self._dsn, autocommit=True, connect_timeout=max(1, round(self._connect_timeout_s))
-            )
-        except psycopg.OperationalError as exc:
+            ) as conn:
+                yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise KeyStoreUnavailable.from_error(exc) from exc
 
     def set(self, tenant: str, **changes: int | None) -> TenantLimits:
