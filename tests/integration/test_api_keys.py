@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from somaagent.adapters import postgres
 from somaagent.adapters.api_keys import (
     NOT_CACHED,
     ApiKeyStore,
@@ -32,13 +31,6 @@ from tests.conftest import ROOT
 
 KEY_RE = re.compile(r"sk-soma-([0-9a-f]{16})-([A-Za-z0-9_-]{43})")
 TTL_S = 0.2
-
-
-@pytest.fixture(scope="module")
-def dsn(stack: Settings) -> str:
-    dsn = stack.secret("postgres_dsn")
-    postgres.migrate(dsn)
-    return dsn
 
 
 @pytest.fixture()

@@ -14,7 +14,6 @@ from decimal import Decimal
 
 import pytest
 
-from somaagent.adapters import postgres
 from somaagent.domain.budgets import Amounts, Budget, BudgetUpdate, done_key, reservations_key
 from somaagent.settings import Settings
 from tests.integration.test_budget_reservations import (
@@ -30,13 +29,6 @@ from tests.integration.test_budget_reservations import (
 
 WIDE_TOKENS = 300 * 16 * 64  # 1/16 of it holds 64 worst cases: allotments of 8 fit
 WIDE_USD = Decimal("1")
-
-
-@pytest.fixture(scope="module")
-def dsn(stack: Settings) -> str:
-    dsn = stack.secret("postgres_dsn")
-    postgres.migrate(dsn)
-    return dsn
 
 
 @pytest.fixture(scope="module")

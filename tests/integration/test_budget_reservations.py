@@ -20,7 +20,6 @@ import psycopg
 import pytest
 from redis.crc import key_slot
 
-from somaagent.adapters import postgres
 from somaagent.adapters.api_keys import ApiKeyStore
 from somaagent.adapters.budget_store import BudgetStore, ChargeWriter
 from somaagent.adapters.redis_budget import RedisBudgetCounters
@@ -52,13 +51,6 @@ NOTHING = Amounts()
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
-
-
-@pytest.fixture(scope="module")
-def dsn(stack: Settings) -> str:
-    dsn = stack.secret("postgres_dsn")
-    postgres.migrate(dsn)
-    return dsn
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from decimal import Decimal
 import pytest
 from pydantic import SecretStr
 
-from somaagent.adapters import postgres
 from somaagent.adapters.ratecards_store import RateCardStore
 from somaagent.domain.events import EscalationInvocation, Event, Money, SlmMetrics
 from somaagent.domain.pricing import call_cost
@@ -102,13 +101,6 @@ def priced_events(tag: str, session: str, book: RateBook) -> list[Event]:
             )  # fmt: skip
         )
     return events
-
-
-@pytest.fixture(scope="module")
-def dsn(stack: Settings) -> str:
-    dsn = stack.secret("postgres_dsn")
-    postgres.migrate(dsn)
-    return dsn
 
 
 def test_recompute_finds_no_difference_then_exactly_the_altered_row(

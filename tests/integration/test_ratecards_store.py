@@ -18,7 +18,6 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from somaagent.adapters import postgres
 from somaagent.adapters.ratecards_store import LoadReport, RateCardStore, RateCardStoreUnavailable
 from somaagent.domain.ratecards import (
     RateCardEntry,
@@ -29,13 +28,6 @@ from somaagent.domain.ratecards import (
 from somaagent.domain.routing import GpuPricing, TokenPricing
 from somaagent.entrypoints.cli_money import add_cost, add_ratecards
 from somaagent.settings import Settings
-
-
-@pytest.fixture(scope="module")
-def dsn(stack: Settings) -> str:
-    dsn = stack.secret("postgres_dsn")
-    postgres.migrate(dsn)
-    return dsn
 
 
 @pytest.fixture()

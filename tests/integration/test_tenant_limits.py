@@ -10,7 +10,6 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from somaagent.adapters import postgres
 from somaagent.adapters.api_keys import ApiKeyStore
 from somaagent.adapters.tenant_limits import InvalidTenantLimit, TenantLimits, TenantLimitStore
 from somaagent.domain.rate_limits import RateLimits
@@ -18,13 +17,6 @@ from somaagent.settings import Settings
 from tests.integration.test_api_keys import soma, tenant
 
 TTL_S = 0.2
-
-
-@pytest.fixture(scope="module")
-def dsn(stack: Settings) -> str:
-    dsn = stack.secret("postgres_dsn")
-    postgres.migrate(dsn)
-    return dsn
 
 
 @pytest.fixture()

@@ -7,7 +7,6 @@ scope refuses is withdrawn from the other. Every scenario has a tenant and keys 
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 
 import pytest
@@ -18,21 +17,17 @@ from somaagent.adapters.redis_rate_limit import (
     RedisRateLimiter,
     rate_keys,
 )
-from somaagent.domain.chat_request import ChatRequest, RequestError, parse_chat_request
+from somaagent.domain.chat_request import ChatRequest, RequestError
 from somaagent.domain.identity import Caller
 from somaagent.domain.rate_limits import RateLimits
 from somaagent.service.rate_limits import RateGate, RateHolds
 from somaagent.settings import Settings
+from tests.integration.test_rate_limits import chat_request
 
 
 @pytest.fixture(scope="module")
 def url(stack: Settings) -> str:
     return stack.url("redis_url")
-
-
-def chat(max_tokens: int = 20) -> ChatRequest:
-    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
-    return parse_chat_request(json.dumps(body).encode(), default_max_tokens=16, max_tokens_cap=4096)
 
 
 def callers(n: int, key: RateLimits | None, tenant: RateLimits | None) -> tuple[str, list[Caller]]:
@@ -87,7 +82,7 @@ def admit_in_turn(
 
 def test_keys_of_one_tenant_share_its_limit(url: str) -> None:
     tenant, (a, b) = callers(2, RateLimits(rpm=10), RateLimits(rpm=3))
-    out, refusals = admit_in_turn(url, [a, b], chat(), 5)
+    out, refusals = admit_in_turn(url, [a, b], chat_request(20), 5)
     assert [isinstance(o, RateHolds) for o in out] == [True, True, True, False, False]
     refused = out[3]
     assert isinstance(refused, RequestError) and refused.status == 429
@@ -103,7 +98,7 @@ def test_keys_of_one_tenant_share_its_limit(url: str) -> None:
 
 def test_a_request_its_key_refuses_does_not_count_for_the_tenant(url: str) -> None:
     tenant, (a,) = callers(1, RateLimits(rpm=1), RateLimits(rpm=10, tpm=10_000))
-    out, refusals = admit_in_turn(url, [a], chat(), 3)
+    out, refusals = admit_in_turn(url, [a], chat_request(20), 3)
     assert [isinstance(o, RateHolds) for o in out] == [True, False, False]
     refused = out[1]
     assert isinstance(refused, RequestError)
@@ -118,7 +113,7 @@ def test_a_request_its_key_refuses_does_not_count_for_the_tenant(url: str) -> No
 
 def test_headers_show_the_tightest_scope_and_a_settle_reaches_both(url: str) -> None:
     tenant, (a,) = callers(1, RateLimits(rpm=10, tpm=5_000), RateLimits(rpm=4, tpm=90_000))
-    out, _ = admit_in_turn(url, [a], chat(), 1)
+    out, _ = admit_in_turn(url, [a], chat_request(20), 1)
     holds = out[0]
     assert isinstance(holds, RateHolds)
     assert holds.headers["x-ratelimit-limit-requests"] == "4"  # the tenant's: 3 left
@@ -144,7 +139,7 @@ def test_headers_show_the_tightest_scope_and_a_settle_reaches_both(url: str) -> 
 
 def test_a_request_too_large_for_the_tenant_is_a_400_naming_it(url: str) -> None:
     tenant, (a,) = callers(1, RateLimits(rpm=10), RateLimits(tpm=50))
-    out, refusals = admit_in_turn(url, [a], chat(max_tokens=200), 1)
+    out, refusals = admit_in_turn(url, [a], chat_request(200), 1)
     refused = out[0]
     assert isinstance(refused, RequestError) and refused.status == 400
     assert refused.code == "request_too_large"
