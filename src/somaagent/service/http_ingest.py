@@ -36,12 +36,11 @@ def accept_events(
     """Validate every item; publish the valid ones (durably) even when others are invalid."""
     report = IngestReport()
     records: list[tuple[str, bytes, bytes]] = []
-    for index, raw in enumerate(items):
-        try:
-            event = codec.decode(raw)
-        except ContractError as exc:
+    verdicts = codec.decode_many(items)
+    for index, (raw, event) in enumerate(zip(items, verdicts, strict=True)):
+        if isinstance(event, ContractError):
             report.rejected += 1
-            report.results.append({"index": index, "status": "rejected", "reason": str(exc)})
+            report.results.append({"index": index, "status": "rejected", "reason": str(event)})
             continue
         records.append((topic_for_event_type[event.event_type], event.tenant.encode(), raw))
         report.accepted += 1

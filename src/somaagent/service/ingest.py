@@ -162,14 +162,14 @@ class Ingestor:
         accepted: list[tuple[Event, RawMessage]] = []
         dead: list[DeadLetter] = []
         seen: set[str] = set()
+        verdicts = iter(self.codec.decode_many([m.value for m in messages if m.value is not None]))
         for m in messages:
             if m.value is None:
                 dead.append(DeadLetter(m, "empty message (no value)"))
                 continue
-            try:
-                event = self.codec.decode(m.value)
-            except ContractError as exc:
-                dead.append(DeadLetter(m, str(exc), *_peek(m.value)))
+            event = next(verdicts)
+            if isinstance(event, ContractError):
+                dead.append(DeadLetter(m, str(event), *_peek(m.value)))
                 continue
             if expected is None or event.event_type != expected:
                 reason = f"event_type {event.event_type} does not belong on topic {m.topic}"
