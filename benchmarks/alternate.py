@@ -18,6 +18,8 @@ A variant is ``NAME`` or ``NAME=SPEC``; SPEC is a comma-separated list of
   ``bin/python`` with the package installed);
 * ``env:KEY=VALUE``: extra environment for that gateway (``SOMA_SPOOL_DIR`` too, e.g. a
   tmpfs directory, to see what the spool's disk writes cost);
+* ``worker:DIR``: the telemetry worker imports ``somaagent`` from DIR while the variant is
+  measured (it is restarted, and caught up, whenever the next variant wants other code);
 * ``paused``: the telemetry worker is stopped (SIGSTOP) while the variant is measured; its
   events wait in Kafka;
 * ``idle``: the worker's and the broker's threads run under ``SCHED_IDLE`` instead of nice
@@ -57,8 +59,10 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import gateway_overhead as go  # noqa: E402
-from _procs import cpu_seconds, pin, set_idle  # noqa: E402
+from _procs import cpu_seconds, deprioritize, pin, set_idle  # noqa: E402
 from _report import machine  # noqa: E402
+from confluent_kafka import Consumer, ConsumerGroupState, TopicPartition  # noqa: E402
+from confluent_kafka.admin import AdminClient  # noqa: E402
 from redis import Redis  # noqa: E402
 
 # Each synthetic load ends by itself after 10 minutes, should this process die without
@@ -99,6 +103,7 @@ class Variant:
     idle: bool = False
     gwcore: bool = False
     load: str = ""
+    worker: str = ""
     port: int = 0
 
     @classmethod
@@ -114,6 +119,8 @@ class Variant:
             elif kind == "env":
                 key, _, val = value.partition("=")
                 variant.env[key] = val
+            elif kind == "worker":
+                variant.worker = str(Path(value).resolve())
             elif kind == "load" and value in LOADS:
                 variant.load = value
             elif kind in ("paused", "idle", "gwcore"):
@@ -121,7 +128,7 @@ class Variant:
             else:
                 raise SystemExit(
                     f"unknown variant part {part!r}"
-                    " (path:, python:, env:, paused, idle, gwcore, load:)"
+                    " (path:, python:, env:, worker:, paused, idle, gwcore, load:)"
                 )
         return variant
 
@@ -157,6 +164,57 @@ def start_variant(run: go.Run, variant: Variant, index: int) -> str:
     return f"http://{go.HOST}:{variant.port}/v1/chat/completions"
 
 
+@dataclass
+class WorkerCode:
+    """Which code the telemetry worker runs: a variant's ``worker:DIR``, or the default."""
+
+    run: go.Run
+    background: list[int]  # the worker's pid first (replaced on a restart), then the broker
+    current: str = ""
+
+    def use(self, path: str) -> None:
+        """Restart the worker from ``path`` unless it runs that code; return caught up."""
+        if path == self.current:
+            return
+        self.run.children.stop("worker")
+        self.run.start_worker(pythonpath=path or None)
+        self.background[0] = self.run.children.pid("worker")
+        deprioritize([self.background[0]], go.BACKGROUND_NICE)
+        self.current = path
+        self._caught_up()
+
+    def _caught_up(self, timeout_s: float = 90.0) -> None:
+        """Until the new worker is in the group and has committed up to the log's end."""
+        settings = self.run.settings
+        bootstrap = settings.url("kafka_bootstrap")
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        group, started = settings.worker_group, time.monotonic()
+        deadline = started + timeout_s
+        # Tansu reports the group EMPTY once the old member left, then UNKNOWN while the new
+        # one joins, then STABLE (about 5 s).
+        joining = False
+        while time.monotonic() < deadline:
+            state = admin.describe_consumer_groups([group])[group].result(timeout=5).state
+            joining = joining or state != ConsumerGroupState.STABLE
+            if state == ConsumerGroupState.STABLE and (joining or time.monotonic() - started > 8):
+                break
+            time.sleep(0.25)
+        topics = [settings.topics.slm_metrics, settings.topics.conversation_metrics]
+        meta = admin.list_topics(timeout=5).topics
+        parts = [TopicPartition(t, p) for t in topics for p in meta[t].partitions]
+        probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+        try:
+            while time.monotonic() < deadline:
+                committed = [tp.offset for tp in probe.committed(parts, timeout=5)]
+                ends = [probe.get_watermark_offsets(tp, timeout=5)[1] for tp in parts]
+                if all(max(c, 0) >= e for c, e in zip(committed, ends, strict=True)):
+                    return
+                time.sleep(0.25)
+        finally:
+            probe.close()
+        raise RuntimeError(f"the restarted worker did not catch up in {timeout_s:.0f} s")
+
+
 @contextlib.contextmanager
 def conditions(variant: Variant, background: list[int]) -> Iterator[None]:
     """The variant's conditions on the worker and the client core, undone afterwards."""
@@ -182,9 +240,11 @@ def conditions(variant: Variant, background: list[int]) -> Iterator[None]:
 
 
 def measure_variant(
-    run: go.Run, variant: Variant, url: str, body: bytes, concurrency: int, background: list[int]
+    run: go.Run, variant: Variant, url: str, body: bytes, concurrency: int, workers: WorkerCode
 ) -> dict[str, Any]:
-    """One run of ``variant``; ``background``: the worker's and the broker's pids."""
+    """One run of ``variant``, with the worker running the variant's code."""
+    workers.use(variant.worker)
+    background = workers.background
     before = [cpu_seconds(pid) for pid in background]
     redis = Redis.from_url(run.settings.url("redis_url"))
     reads = int(redis.info("stats")["total_reads_processed"])
@@ -233,20 +293,20 @@ def main() -> None:
     try:
         go.start_client_side(run, supervisor)
         broker = supervisor.record("kafka")
-        background = [run.children.pid("worker"), *([broker.pid] if broker else [])]
+        workers = WorkerCode(run, [run.children.pid("worker"), *([broker.pid] if broker else [])])
         report["budgets"] = go.create_budgets(run)
         urls = {v.name: start_variant(run, v, i) for i, v in enumerate(variants)}
         prompt = go.LONG_PROMPT if ns.long_prompt else None
         body = go.chat_body(go.FIXED_MODEL, stream=ns.stream, prompt=prompt)
         for v in variants:  # warm every gateway (connections, caches) before measuring
-            measure_variant(run, v, urls[v.name], body, 16, background)
+            measure_variant(run, v, urls[v.name], body, 16, workers)
         report["levels"] = {}
         for c in (int(x) for x in ns.levels.split(",") if x):
             rows = []
             for i in range(ns.rounds):
                 row = {"direct": run.measure("direct", run.upstream_url, body, c)}
                 for v in variants[i % len(variants) :] + variants[: i % len(variants)]:
-                    row[v.name] = measure_variant(run, v, urls[v.name], body, c, background)
+                    row[v.name] = measure_variant(run, v, urls[v.name], body, c, workers)
                 rows.append(row)
             report["levels"][str(c)] = summarize(rows, [v.name for v in variants])
     finally:

@@ -158,9 +158,11 @@ class Run:
         self.children.start("upstream", argv, core=CLIENT_CORE, env=self.env)
         self.children.wait_http("upstream", f"http://{HOST}:{self.upstream_port}/v1/models", 20)
 
-    def start_worker(self) -> None:
+    def start_worker(self, pythonpath: str | None = None) -> None:
+        """The telemetry worker on the client core (``pythonpath``: import other code)."""
         argv = [sys.executable, "-m", "somaagent.entrypoints.cli", "worker"]
-        self.children.start("worker", argv, core=CLIENT_CORE, env=self.env, cwd=ROOT)
+        env = {**self.env, **({"PYTHONPATH": pythonpath} if pythonpath else {})}
+        self.children.start("worker", argv, core=CLIENT_CORE, env=env, cwd=ROOT)
         bootstrap = self.settings.url("kafka_bootstrap")
         topic = self.settings.topics.slm_metrics
         deadline = time.monotonic() + 120
