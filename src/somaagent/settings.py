@@ -162,9 +162,11 @@ class Settings(BaseSettings):
     worker_in_gateway: bool | None = None  # LOCAL: True (chDB has one owning process)
     worker_max_batch: int = Field(default=20_000, ge=1)
     # How long the worker gathers events before storing them (unless worker_max_batch come
-    # first). Each flush costs a fixed ~15 ms per partition batch (dedupe query, insert,
-    # summaries, commit): at 0.5 s a lightly loaded worker spent ~0.6 ms of CPU per event.
-    worker_max_wait_s: float = Field(default=2.0, gt=0)
+    # first). Each flush costs a fixed ~20-35 ms of CPU per partition batch (a chDB insert
+    # of one row into the event table and its view alone, plus the look-up, summaries and
+    # commit), and fewer, larger parts merge less: through the gateway the worker used
+    # 0.168 / 0.130 / 0.106 of a core at c=1 with 2 / 5 / 10 s (docs/decisions.md).
+    worker_max_wait_s: float = Field(default=5.0, gt=0)
     # How much nicer than its process the telemetry worker thread runs. Inside the gateway
     # (LOCAL) telemetry yields the core to serving when both want it and catches up in
     # idle time; in a worker process of its own it yields to the machine's other work.
