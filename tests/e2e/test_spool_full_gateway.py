@@ -19,11 +19,15 @@ from tests.e2e.test_chat_gateway import client, events_for
 from tests.integration.telemetry_support import fresh_examples, wait_until
 
 
-def unspooled(base: str) -> float:
+def publisher_count(base: str, state: str) -> float:
     text = httpx.get(f"{base}/metrics", timeout=5).text
-    found = re.search(r'soma_publisher_events_total\{[^}]*state="unspooled"[^}]*\} (\S+)', text)
-    assert found, "no unspooled count on /metrics"
+    found = re.search(rf'soma_publisher_events_total\{{[^}}]*state="{state}"[^}}]*\}} (\S+)', text)
+    assert found, f"no {state} count on /metrics"
     return float(found.group(1))
+
+
+def unspooled(base: str) -> float:
+    return publisher_count(base, "unspooled")
 
 
 def test_a_full_spool_disk_refuses_new_calls_and_loses_no_event(
@@ -45,6 +49,9 @@ def test_a_full_spool_disk_refuses_new_calls_and_loses_no_event(
     ):
         base = f"http://127.0.0.1:{gw.gateway_port}"
         sdk.chat.completions.create(**ask)
+        # The answer goes out before its events are written: fill the disk only after them
+        # (one write of all of a call's events).
+        assert wait_until(lambda: publisher_count(base, "published") >= 2)
         with filled(disk):
             # Admitted while the spool still took writes: answered, its events held in memory.
             held = sdk.chat.completions.create(**ask)
