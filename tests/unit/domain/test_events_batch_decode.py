@@ -90,7 +90,7 @@ def test_a_valid_batch_decodes_to_the_strict_events() -> None:
     decoded = CODEC.decode_many(values)
     assert all(isinstance(e, type(x)) for e, x in zip(decoded, examples() * 3, strict=True))
     assert isinstance(decoded[0], SlmMetrics)
-    assert decoded[0].event_type == "slm.metrics"  # type: ignore[union-attr]
+    assert decoded[0].event_type == "slm.metrics"
 
 
 @pytest.mark.parametrize(
@@ -137,6 +137,21 @@ def test_a_batch_below_four_is_decoded_strictly() -> None:
     loose = CODEC.decode_many(values)
     assert all(type(e) is not SlmMetrics and isinstance(e, SlmMetrics) for e in loose)
     assert batch(values[:3]) == batch(values)[:3] == [strict(values[0])] * 3
+
+
+def test_a_batch_decoded_event_is_encoded_and_checked_as_the_strict_one() -> None:
+    strict_event = examples()[0]
+    values = [CODEC.encode(strict_event)] * 4
+    loose = CODEC.decode_many(values)[0]
+    assert isinstance(loose, SlmMetrics) and type(loose) is not SlmMetrics
+    assert CODEC.encode(loose) == values[0]
+    reasons = []
+    for event in (strict_event, loose):
+        with pytest.raises(ContractError) as refused:
+            CODEC.encode(msgspec.structs.replace(event, decision_tree=[1]))
+        reasons.append(refused.value.reason)
+    assert reasons[0] == reasons[1]
+    assert reasons[0].startswith("decision_tree: ")
 
 
 @settings(

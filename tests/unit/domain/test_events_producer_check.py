@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from somaagent.domain.events import Codec, ContractError, SlmMetrics
+from somaagent.domain.events import EVENT_TYPES, Codec, ContractError, SlmMetrics
 from somaagent.domain.events._model_events import EscalationInvocation
 
 from ._event_examples import examples
@@ -40,7 +40,10 @@ def _doc(codec: Codec, index: int) -> Doc:
 
 def test_every_free_form_object_field_is_checked_on_the_object_side(codec: Codec) -> None:
     """A new JSON-object field is found by its type, so none is left unchecked."""
-    found = {cls.__name__: dict(fields) for cls, fields in codec._check._objects.items()}
+    strict = set(EVENT_TYPES.values())  # the batch decoder's subclasses share these rules
+    found = {
+        cls.__name__: dict(fields) for cls, fields in codec._check._objects.items() if cls in strict
+    }
     assert found == {
         "SlmMetrics": {"decision_tree": True},
         "EscalationInvocation": {

@@ -152,10 +152,12 @@ class BatchDecoder:
     def __init__(self, classes: Iterable[type[Envelope]], dec_hook: Any) -> None:
         loose: list[type[Envelope]] = []
         self.checks: dict[type[Envelope], tuple[_Check, ...]] = {}
+        self.strict_of: dict[type[Envelope], type[Envelope]] = {}  # loose class -> strict
         for cls in classes:
             loose_cls, checks = _loose_class(cls)
             loose.append(loose_cls)
             self.checks[loose_cls] = checks
+            self.strict_of[loose_cls] = cls
         union: Any = typing.Union.__getitem__(tuple(loose))  # built at run time
         self._decode = msgspec.json.Decoder(union, dec_hook=dec_hook).decode
 

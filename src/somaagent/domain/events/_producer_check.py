@@ -98,6 +98,12 @@ class ProducerCheck:
         union: Any = typing.Union.__getitem__(tuple(checked))  # built at run time
         self.decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(union, dec_hook=dec_hook)
 
+    def adopt(self, subclass: type[Envelope], cls: type[Envelope]) -> None:
+        """Check ``subclass``'s events by ``cls``'s object rules (a decoder's own subclass
+        of an event class, e.g. the batch decoder's loose ones, re-encoded)."""
+        if cls in self._objects:
+            self._objects[subclass] = self._objects[cls]
+
     def check_objects(self, event: Envelope) -> None:
         """The JSON-object fields' own rules, on the Python values about to be encoded."""
         objects = self._objects.get(type(event))

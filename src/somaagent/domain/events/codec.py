@@ -83,6 +83,8 @@ class Codec:
         self._encoder = msgspec.json.Encoder(enc_hook=enc_hook)
         self._check = ProducerCheck(EVENT_TYPES.values(), dec_hook)
         self._batch = BatchDecoder(EVENT_TYPES.values(), dec_hook)
+        for loose, strict in self._batch.strict_of.items():
+            self._check.adopt(loose, strict)  # a decoded batch event re-encoded is checked
         self._id_lock = threading.Lock()
         self._last_id_clock = 0
 
