@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from somaagent.domain.events._derived import Override, subclass_with
 from somaagent.domain.events._envelope import Envelope
 
 __all__ = ["BatchDecoder", "loose_annotation"]
@@ -117,7 +118,7 @@ def loose_annotation(annotation: Any) -> tuple[Any, str, Shape] | None:
 
 def _loose_class(cls: type[Envelope]) -> tuple[type[Envelope], tuple[_Check, ...]]:
     """``cls`` with its string patterns taken out, and the checks that put them back."""
-    overrides: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    overrides: list[Override] = []
     checks: list[_Check] = []
     for info in msgspec.structs.fields(cls):
         loose = loose_annotation(info.type)
@@ -132,18 +133,7 @@ def _loose_class(cls: type[Envelope]) -> tuple[type[Envelope], tuple[_Check, ...
             overrides.append((info.name, annotation, factory))
         else:
             overrides.append((info.name, annotation))
-    config = cls.__struct_config__
-    loose_cls = msgspec.defstruct(
-        f"{cls.__name__}Loose",
-        overrides,
-        bases=(cls,),
-        kw_only=True,
-        frozen=True,
-        forbid_unknown_fields=True,
-        tag=config.tag,
-        module=__name__,
-    )
-    return typing.cast(type[Envelope], loose_cls), tuple(checks)
+    return subclass_with(cls, "Loose", overrides, __name__), tuple(checks)
 
 
 class BatchDecoder:

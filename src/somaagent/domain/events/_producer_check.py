@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from somaagent.domain.events._derived import Override, subclass_with
 from somaagent.domain.events._envelope import Envelope
 from somaagent.domain.events._errors import ContractError
 from somaagent.domain.events._types import JsonObject
@@ -56,7 +57,7 @@ def _json_object_field(annotation: Any) -> bool | None:
 def _check_class(cls: type[Envelope]) -> tuple[type[Envelope], Mapping[str, bool]]:
     """``cls`` with its JSON-object fields as ``Raw``, and those fields (name -> required)."""
     objects: dict[str, bool] = {}
-    overrides: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    overrides: list[Override] = []
     for info in msgspec.structs.fields(cls):
         required = _json_object_field(info.type)
         if required is None:
@@ -70,18 +71,7 @@ def _check_class(cls: type[Envelope]) -> tuple[type[Envelope], Mapping[str, bool
             overrides.append((info.name, msgspec.Raw, info.default))
     if not overrides:
         return cls, MappingProxyType(objects)
-    config = cls.__struct_config__
-    checked = msgspec.defstruct(
-        f"{cls.__name__}ProducerCheck",
-        overrides,
-        bases=(cls,),
-        kw_only=True,
-        frozen=True,
-        forbid_unknown_fields=True,
-        tag=config.tag,
-        module=__name__,
-    )
-    return typing.cast(type[Envelope], checked), MappingProxyType(objects)
+    return subclass_with(cls, "ProducerCheck", overrides, __name__), MappingProxyType(objects)
 
 
 class ProducerCheck:
