@@ -19,7 +19,8 @@ A variant is ``NAME`` or ``NAME=SPEC``; SPEC is a comma-separated list of
 * ``env:KEY=VALUE``: extra environment for that gateway (``SOMA_SPOOL_DIR`` too, e.g. a
   tmpfs directory, to see what the spool's disk writes cost);
 * ``worker:DIR``: the telemetry worker imports ``somaagent`` from DIR while the variant is
-  measured (it is restarted, and caught up, whenever the next variant wants other code);
+  measured (restarted whenever the next variant wants other code, then waited for until it
+  has committed up to the broker's high watermarks);
 * ``paused``: the telemetry worker is stopped (SIGSTOP) while the variant is measured; its
   events wait in Kafka;
 * ``idle``: the worker's and the broker's threads run under ``SCHED_IDLE`` instead of nice
@@ -184,7 +185,9 @@ class WorkerCode:
         self._caught_up()
 
     def _caught_up(self, timeout_s: float = 90.0) -> None:
-        """Until the new worker is in the group and has committed up to the log's end."""
+        """Until the new worker is in the group and has committed up to the high watermarks
+        (Tansu's trail the log by its last batch, see ``go.telemetry_check``: up to one
+        produce request's events may still be stored after this returns)."""
         settings = self.run.settings
         bootstrap = settings.url("kafka_bootstrap")
         admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -205,9 +208,7 @@ class WorkerCode:
         probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
         try:
             while time.monotonic() < deadline:
-                committed = [tp.offset for tp in probe.committed(parts, timeout=5)]
-                ends = [probe.get_watermark_offsets(tp, timeout=5)[1] for tp in parts]
-                if all(max(c, 0) >= e for c, e in zip(committed, ends, strict=True)):
+                if all(c >= end for c, end in go.worker_progress(probe, parts)):
                     return
                 time.sleep(0.25)
         finally:

@@ -280,6 +280,14 @@ def level(
     return row
 
 
+def worker_progress(probe: Consumer, parts: list[TopicPartition]) -> list[tuple[int, int]]:
+    """Per partition, the probe's group's committed offset (0 before any) and the high
+    watermark. Committed first: what is read after it can only be as far or further."""
+    committed = [max(tp.offset, 0) for tp in probe.committed(parts, timeout=5)]
+    ends = [probe.get_watermark_offsets(tp, timeout=5)[1] for tp in parts]
+    return list(zip(committed, ends, strict=True))
+
+
 def telemetry_check(settings: Settings, gateway_ok: int) -> dict[str, Any]:
     """Events in Kafka and committed by the worker versus calls the gateway answered."""
     bootstrap = settings.url("kafka_bootstrap")
@@ -297,9 +305,9 @@ def telemetry_check(settings: Settings, gateway_ok: int) -> dict[str, Any]:
         produced = committed = -1
         last_change = time.monotonic()
         while time.monotonic() - last_change < 10:
-            # Committed first: what is read after it can only be as far or further.
-            now_committed = sum(max(tp.offset, 0) for tp in probe.committed(tps, timeout=5))
-            now_produced = sum(probe.get_watermark_offsets(tp, timeout=5)[1] for tp in tps)
+            progress = worker_progress(probe, tps)
+            now_committed = sum(c for c, _ in progress)
+            now_produced = sum(end for _, end in progress)
             if (now_produced, now_committed) != (produced, committed):
                 produced, committed, last_change = now_produced, now_committed, time.monotonic()
             if committed >= gateway_ok:
