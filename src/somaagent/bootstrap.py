@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -164,14 +165,17 @@ class WorkerRuntime:
         self.thread = threading.Thread(target=self.run, name="telemetry-worker", daemon=True)
         self.thread.start()
 
-    def run(self) -> None:
+    def _lower_priority(self) -> None:
+        """Linux nice values are per thread: only the calling one is lowered, relative to
+        the process's own."""
         if self.settings.worker_thread_nice:
-            # Linux nice values are per thread: only this one is lowered, relative to the
-            # process's own.
             tid = threading.get_native_id()
             with contextlib.suppress(OSError):
                 nice = os.getpriority(os.PRIO_PROCESS, tid) + self.settings.worker_thread_nice
                 os.setpriority(os.PRIO_PROCESS, tid, min(19, nice))
+
+    def run(self) -> None:
+        self._lower_priority()
         after_flush = None
         if self.owns_process:
             # A round of batches is tens of thousands of objects that live until the round
@@ -182,6 +186,9 @@ class WorkerRuntime:
             gc.freeze()
             gc.disable()
             after_flush = gc.collect
+        writer = ThreadPoolExecutor(
+            1, thread_name_prefix="telemetry-writer", initializer=self._lower_priority
+        )
         try:
             run_worker(
                 self.consumer,
@@ -191,8 +198,10 @@ class WorkerRuntime:
                 max_batch=self.settings.worker_max_batch,
                 max_wait_s=self.settings.worker_max_wait_s,
                 after_flush=after_flush,
+                writer=writer,
             )
         finally:
+            writer.shutdown(wait=True)
             if self.owns_process:
                 gc.enable()
 

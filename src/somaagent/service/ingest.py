@@ -34,6 +34,7 @@ __all__ = [
     "DeadLetterSink",
     "Ingestor",
     "Lookup",
+    "PreparedBatch",
     "RawMessage",
     "StoredCoordinates",
     "SummaryStore",
@@ -123,6 +124,22 @@ class BatchResult:
     reasons: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """A batch validated and turned into rows, nothing written yet (``Ingestor.prepare``).
+
+    ``rows[i]`` is the stored row of ``accepted[i]``; ``lookup`` is None when nothing was
+    accepted.
+    """
+
+    token: str
+    accepted: list[tuple[Event, RawMessage]]
+    rows: list[bytes]
+    lookup: Lookup | None
+    dead: list[DeadLetter]
+    dead_rows: bytes
+
+
 def _peek(value: bytes) -> tuple[str, str, str]:
     """Best-effort event_type, tenant, event_id of an invalid message (for triage)."""
     try:
@@ -181,36 +198,53 @@ class Ingestor:
             accepted.append((event, m))
         return accepted, dead
 
+    def prepare(self, messages: Sequence[RawMessage]) -> PreparedBatch:
+        """Validate a non-empty batch and build its rows: no I/O, so the worker runs it
+        while the batch before is being written (``write``)."""
+        first, last = messages[0], messages[-1]
+        accepted, dead = self._classify(messages)
+        return PreparedBatch(
+            token=f"{first.topic_id}:{first.partition}:{first.offset}-{last.offset}",
+            accepted=accepted,
+            rows=[json_row(m.value or b"", self._coordinates(m, last.offset)) for _, m in accepted],
+            lookup=Lookup.of([e for e, _ in accepted]) if accepted else None,
+            dead=dead,
+            dead_rows=b"\n".join(self._dead_row(d, last.offset) for d in dead),
+        )
+
+    def write(self, batch: PreparedBatch) -> BatchResult:
+        """Store a prepared batch; safe to call again after a crash (see the module)."""
+        token, accepted, dead = batch.token, batch.accepted, batch.dead
+        result = BatchResult(dead_letters=len(dead), reasons=[d.reason for d in dead])
+        keep = accepted
+        if accepted and batch.lookup is not None:
+            table = self.store.table(accepted[0][0].event_type)
+            stored = self.store.existing(table, batch.lookup)
+            rows = batch.rows
+            if stored:
+                kept = [
+                    i
+                    for i, (e, m) in enumerate(accepted)
+                    if e.event_id not in stored
+                    or stored[e.event_id] == StoredCoordinates(m.topic_id, m.partition, m.offset)
+                ]
+                keep = [accepted[i] for i in kept]
+                rows = [rows[i] for i in kept]
+            result.duplicates = len(accepted) - len(keep)
+            self.store.insert(table, b"\n".join(rows), token=token)
+            result.stored = len(keep)
+        if dead:
+            database = self.store.database
+            self.store.insert(f"{database}.dead_letters", batch.dead_rows, token="dlq:" + token)
+            self.dead_letters.publish_dead_letters(dead)
+        result.summaries_applied = self.summaries.apply([e for e, _ in keep], batch_key=token)
+        return result
+
     def process(self, messages: Sequence[RawMessage]) -> BatchResult:
         """Store one contiguous batch of one partition; safe to call again after a crash."""
         if not messages:
             return BatchResult()
-        first, last = messages[0], messages[-1]
-        token = f"{first.topic_id}:{first.partition}:{first.offset}-{last.offset}"
-        accepted, dead = self._classify(messages)
-        result = BatchResult(dead_letters=len(dead), reasons=[d.reason for d in dead])
-        keep = accepted
-        if accepted:
-            table = self.store.table(accepted[0][0].event_type)
-            stored = self.store.existing(table, Lookup.of([e for e, _ in accepted]))
-            keep = [
-                (e, m)
-                for e, m in accepted
-                if e.event_id not in stored
-                or stored[e.event_id] == StoredCoordinates(m.topic_id, m.partition, m.offset)
-            ]
-            result.duplicates = len(accepted) - len(keep)
-            rows = b"\n".join(
-                json_row(m.value or b"", self._coordinates(m, last.offset)) for _, m in keep
-            )
-            self.store.insert(table, rows, token=token)
-            result.stored = len(keep)
-        if dead:
-            rows = b"\n".join(self._dead_row(d, last.offset) for d in dead)
-            self.store.insert(f"{self.store.database}.dead_letters", rows, token="dlq:" + token)
-            self.dead_letters.publish_dead_letters(dead)
-        result.summaries_applied = self.summaries.apply([e for e, _ in keep], batch_key=token)
-        return result
+        return self.write(self.prepare(messages))
 
     @staticmethod
     def _coordinates(m: RawMessage, batch_end: int) -> dict[str, Any]:

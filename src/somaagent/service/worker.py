@@ -3,6 +3,13 @@
 Offsets are committed only after a batch is stored (ClickHouse), dead-lettered and folded
 into the session summaries (PostgreSQL). A failing sink leaves the batch buffered and it is
 retried with backoff; nothing is committed past it.
+
+Given a ``writer`` (one thread), a round's batches are written there, one after another in
+order, each committed before the next is written, exactly as without it. What moves is the
+validation of the next batch (``Ingestor.prepare``, pure CPU): it runs in the loop's thread
+while the batch before is written, and chDB and PostgreSQL release the GIL while they work,
+so the two overlap on a second core. A round's last write is waited for before the round
+ends, so nothing is under way while the consumer is polled (where partitions are revoked).
 """
 
 from __future__ import annotations
@@ -11,10 +18,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from somaagent.service.ingest import BatchResult, Ingestor, RawMessage
+from somaagent.service.ingest import BatchResult, Ingestor, PreparedBatch, RawMessage
 
 __all__ = ["BatchSource", "WorkerStats", "run_worker"]
 
@@ -63,11 +71,13 @@ def run_worker(
     max_wait_s: float = 2.0,
     backoff_s: float = 1.0,
     after_flush: Callable[[], object] | None = None,
+    writer: Executor | None = None,
 ) -> WorkerStats:
     """Run until ``stop`` is set; return the statistics.
 
     ``after_flush`` runs after each round of batches, stored or not (the worker's own
-    process collects its garbage there; see ``bootstrap.WorkerRuntime``).
+    process collects its garbage there; see ``bootstrap.WorkerRuntime``). ``writer``: see
+    the module; without one, each batch is written in this thread.
     """
     stats = stats or WorkerStats()
     last_flush = time.monotonic()
@@ -79,36 +89,81 @@ def run_worker(
             continue
         last_flush = time.monotonic()
         try:
-            _flush(source, ingestor, stop, stats, backoff_s)
+            ok = _flush(source, ingestor, stats, writer)
         finally:
             if after_flush is not None:
                 after_flush()
+        if not ok:
+            stop.wait(backoff_s)
     return stats
 
 
+Writing = tuple[list[RawMessage], "Future[BatchResult]"]
+
+
 def _flush(
-    source: BatchSource,
-    ingestor: Ingestor,
-    stop: threading.Event,
-    stats: WorkerStats,
-    backoff_s: float,
-) -> None:
-    """Store and commit one batch per partition; on a failure, pause and stop this round."""
-    for batch in source.ready_batches():
-        try:
-            result = ingestor.process(batch)
-            source.commit(batch)
-        except Exception as exc:  # noqa: BLE001 - keep the batch, retry after a pause
-            stats.failures += 1
-            stats.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-            log.warning(
-                "batch %s[%s] %s-%s failed: %s",
-                batch[0].topic,
-                batch[0].partition,
-                batch[0].offset,
-                batch[-1].offset,
-                stats.last_error,
-            )
-            stop.wait(backoff_s)
-            break
-        _record(stats, result)
+    source: BatchSource, ingestor: Ingestor, stats: WorkerStats, writer: Executor | None
+) -> bool:
+    """Store and commit one batch per partition, each prepared while the one before is
+    written. False when one failed: the round stops there (the rest is handed out again)."""
+    writing: Writing | None = None
+    try:
+        for batch in source.ready_batches():
+            try:
+                prepared = ingestor.prepare(batch)
+            except Exception as exc:  # noqa: BLE001 - keep the batch, retry after a pause
+                _failed(stats, batch, exc)
+                prepared = None
+            if writing is not None:
+                done, writing = writing, None
+                if not _finish(source, stats, done):
+                    return False
+            if prepared is None:
+                return False
+            writing = (batch, _write(ingestor, prepared, writer))
+        if writing is not None:
+            done, writing = writing, None
+            return _finish(source, stats, done)
+        return True
+    finally:
+        if writing is not None:  # only if something above raised: leave no write running
+            writing[1].exception()
+
+
+def _write(
+    ingestor: Ingestor, prepared: PreparedBatch, writer: Executor | None
+) -> Future[BatchResult]:
+    if writer is not None:
+        return writer.submit(ingestor.write, prepared)
+    future: Future[BatchResult] = Future()
+    try:
+        future.set_result(ingestor.write(prepared))
+    except Exception as exc:  # noqa: BLE001 - reported by ``_finish``
+        future.set_exception(exc)
+    return future
+
+
+def _finish(source: BatchSource, stats: WorkerStats, writing: Writing) -> bool:
+    """Wait for a batch's write, commit it and count it; False (counted) if either failed."""
+    batch, future = writing
+    try:
+        result = future.result()
+        source.commit(batch)
+    except Exception as exc:  # noqa: BLE001 - keep the batch, retry after a pause
+        _failed(stats, batch, exc)
+        return False
+    _record(stats, result)
+    return True
+
+
+def _failed(stats: WorkerStats, batch: list[RawMessage], exc: BaseException) -> None:
+    stats.failures += 1
+    stats.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    log.warning(
+        "batch %s[%s] %s-%s failed: %s",
+        batch[0].topic,
+        batch[0].partition,
+        batch[0].offset,
+        batch[-1].offset,
+        stats.last_error,
+    )
