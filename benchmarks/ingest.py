@@ -8,7 +8,12 @@ counting rows in ClickHouse afterwards. The baseline, measured in the same run o
 broker, is raw confluent-kafka produce + consume of the same bytes without validation or
 storage: the ceiling this machine's broker and client allow.
 
+With ``--drain`` the events are all in Kafka before the worker starts, and the time runs
+from the worker's group becoming STABLE (its partitions assigned) to the last commit: what
+the consuming side alone does with both cores to itself.
+
 Prints one JSON object. Usage: .venv/bin/python benchmarks/ingest.py [--events 200000]
+[--drain]
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +41,9 @@ from tests.unit.domain._event_examples import examples  # noqa: E402
 
 from somaagent.adapters import kafka  # noqa: E402
 from somaagent.adapters.clickhouse import ChdbDriver  # noqa: E402
+from somaagent.adapters.kafka_publisher import KafkaPublisher  # noqa: E402
 from somaagent.bootstrap import build_publisher  # noqa: E402
-from somaagent.domain.events import Codec  # noqa: E402
+from somaagent.domain.events import Codec, Event  # noqa: E402
 from somaagent.settings import Settings, load_settings  # noqa: E402
 from somaagent.stack import Supervisor  # noqa: E402
 
@@ -52,8 +59,43 @@ def committed_total(settings: Settings, topic: str) -> int:
         probe.close()
 
 
+class Progress(threading.Thread):
+    """Samples the worker group's committed total every 0.1 s until it reaches ``target``.
+
+    The whole run's rate includes the last partial round, which the worker holds for up to
+    ``worker_max_wait_s`` waiting for more events; the steady rate is taken between the
+    first samples at or above 10% and 90% of the events, from rounds triggered by size.
+    """
+
+    def __init__(self, settings: Settings, topic: str, target: int) -> None:
+        super().__init__(daemon=True)
+        self.target = target
+        self.samples: list[tuple[float, int]] = []
+        bootstrap = settings.url("kafka_bootstrap")
+        meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=5)
+        self._parts = [TopicPartition(topic, p) for p in meta.topics[topic].partitions]
+        self._probe = Consumer({"bootstrap.servers": bootstrap, "group.id": settings.worker_group})
+
+    def run(self) -> None:
+        try:
+            while True:
+                done = sum(max(tp.offset, 0) for tp in self._probe.committed(self._parts, 5))
+                self.samples.append((time.perf_counter(), done))
+                if done >= self.target:
+                    return
+                time.sleep(0.1)
+        finally:
+            self._probe.close()
+
+    def steady_rate(self) -> float:
+        lo = next(s for s in self.samples if s[1] >= self.target * 0.1)
+        hi = next(s for s in self.samples if s[1] >= self.target * 0.9)
+        return (hi[1] - lo[1]) / (hi[0] - lo[0]) if hi[0] > lo[0] else float("nan")
+
+
 def baseline(bootstrap: str, payloads: list[bytes], partitions: int) -> float:
-    """Raw produce + consume of the same bytes: events per second."""
+    """Raw produce + consume of the same bytes: events per second, from the moment the
+    consumer has its partitions (the topic is new and empty, so ``poll`` returns none)."""
     topic = f"bench-raw-{uuid.uuid4().hex[:6]}"
     kafka.ensure_topics(bootstrap, [topic], partitions)
     producer = Producer(
@@ -76,6 +118,9 @@ def baseline(bootstrap: str, payloads: list[bytes], partitions: int) -> float:
         }
     )
     consumer.subscribe([topic])
+    deadline = time.monotonic() + 60
+    while not consumer.assignment() and time.monotonic() < deadline:
+        consumer.poll(0.1)  # the group join (~3 s) is not the broker's throughput
     start = time.perf_counter()
     for i, p in enumerate(payloads):
         producer.produce(topic, p, key=str(i % 5).encode())
@@ -91,18 +136,51 @@ def baseline(bootstrap: str, payloads: list[bytes], partitions: int) -> float:
     return got / elapsed
 
 
-def start_worker(
-    env: dict[str, str], state: Path, settings: Settings, topic: str
-) -> subprocess.Popen[bytes]:
-    """`soma worker` as its own process; returns once its topics exist and it joined."""
+def wait_stable(settings: Settings, timeout_s: float = 120) -> None:
+    """Until the worker's group is STABLE, i.e. its partitions are assigned."""
+    admin = AdminClient({"bootstrap.servers": settings.url("kafka_bootstrap")})
+    group, deadline = settings.worker_group, time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state = admin.describe_consumer_groups([group])[group].result(timeout=5).state
+        except Exception:  # noqa: BLE001 - the group does not exist yet
+            state = None
+        if state == ConsumerGroupState.STABLE:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"group {group} not STABLE after {timeout_s} s")
+
+
+def spawn_worker(env: dict[str, str], state: Path) -> subprocess.Popen[bytes]:
     log = open(state / "worker.log", "ab")  # noqa: SIM115
-    worker = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "somaagent.entrypoints.cli", "worker"],
         env=env,
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+
+
+def publish_all(
+    publisher: KafkaPublisher, codec: Codec, events: list[Event], topic: str
+) -> tuple[float, float]:
+    """Encode (the producer's check included) and publish through the durable publisher;
+    seconds until the last publish call returned and until the broker acknowledged all."""
+    t0 = time.perf_counter()
+    for start in range(0, len(events), 5000):
+        chunk = events[start : start + 5000]
+        publisher.publish_many([(topic, e.tenant.encode(), codec.encode(e)) for e in chunk])
+    produced_s = time.perf_counter() - t0
+    publisher.flush(300)
+    return produced_s, time.perf_counter() - t0
+
+
+def start_worker(
+    env: dict[str, str], state: Path, settings: Settings, topic: str
+) -> subprocess.Popen[bytes]:
+    """`soma worker` as its own process; returns once its topics exist and it joined."""
+    worker = spawn_worker(env, state)
     while True:  # the worker creates topics and schema first
         try:
             committed_total(settings, topic)
@@ -117,6 +195,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--port-base", type=int, default=26200)
+    parser.add_argument("--drain", action="store_true", help="publish first, then consume")
     args = parser.parse_args()
 
     state = ROOT / ".soma-bench" / "ingest"
@@ -138,18 +217,25 @@ def main() -> None:
         events = [fresh(base, f"bench-s{i % 500}", tenant=f"t{i % 5}") for i in range(args.events)]
         codec = Codec()
         topic = settings.topics.slm_metrics
-        worker = start_worker(env, state, settings, topic)
         publisher = build_publisher(settings, "bench")
+        if args.drain:
+            kafka.ensure_topics(
+                settings.url("kafka_bootstrap"),
+                list(settings.topics.event_type_for_topic()),
+                settings.kafka_partitions,
+            )
+            produced_s, delivered_s = publish_all(publisher, codec, events, topic)
+            worker = spawn_worker(env, state)
+            wait_stable(settings)
+        else:
+            worker = start_worker(env, state, settings, topic)
+        progress = Progress(settings, topic, args.events)
         t0 = time.perf_counter()
-        for start in range(0, args.events, 5000):
-            chunk = events[start : start + 5000]
-            publisher.publish_many([(topic, e.tenant.encode(), codec.encode(e)) for e in chunk])
-        produced_s = time.perf_counter() - t0
-        publisher.flush(300)
-        delivered_s = time.perf_counter() - t0
-        while committed_total(settings, topic) < args.events:
-            time.sleep(0.05)
-        total_s = time.perf_counter() - t0
+        progress.start()
+        if not args.drain:
+            produced_s, delivered_s = publish_all(publisher, codec, events, topic)
+        progress.join()
+        total_s = progress.samples[-1][0] - t0
         publisher.close()
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
@@ -163,7 +249,13 @@ def main() -> None:
         ch.close()
         payloads = [codec.encode(e) for e in events[: min(args.events, 100_000)]]
         raw = baseline(settings.url("kafka_bootstrap"), payloads, settings.kafka_partitions)
-        report(args.events, row, total_s, produced_s, delivered_s, raw)
+        report(
+            args.events,
+            row,
+            (total_s, produced_s, delivered_s),
+            (progress.steady_rate(), raw),
+            drain=args.drain,
+        )
     finally:
         if worker is not None:
             worker.kill()
@@ -173,16 +265,21 @@ def main() -> None:
 def report(
     events: int,
     row: dict[str, int],
-    total_s: float,
-    produced_s: float,
-    delivered_s: float,
-    raw: float,
+    seconds: tuple[float, float, float],
+    rates: tuple[float, float],
+    *,
+    drain: bool = False,
 ) -> None:
+    total_s, produced_s, delivered_s = seconds
+    steady, raw = rates
     rate = events / total_s
     print(
         json.dumps(
             {
                 "benchmark": "ingest",
+                "mode": "drain (all published first; from assignment to the last commit)"
+                if drain
+                else "concurrent (publishing and consuming at once)",
                 "events": events,
                 "stored_rows": row["n"],
                 "distinct_event_ids": row["u"],
@@ -191,6 +288,9 @@ def report(
                 "seconds_publish_calls": round(produced_s, 3),
                 "seconds_until_broker_acked": round(delivered_s, 3),
                 "events_per_s": round(rate),
+                "steady_events_per_s": round(steady),
+                "steady": "committed from 10% to 90% of the events (the whole run's rate"
+                " includes the last partial round, held up to worker_max_wait_s)",
                 "target_events_per_s": 50_000,
                 "baseline": "raw confluent-kafka produce+consume, same bytes, same broker",
                 "baseline_events_per_s": round(raw),
