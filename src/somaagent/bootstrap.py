@@ -13,7 +13,6 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -75,7 +74,7 @@ from somaagent.service.model_stats import ModelStatsCache
 from somaagent.service.rate_limits import RateGate
 from somaagent.service.upstream_slots import UpstreamSlots
 from somaagent.service.verdict_cache import VerdictCache
-from somaagent.service.worker import WorkerStats, run_worker
+from somaagent.service.worker import DaemonThreads, WorkerStats, run_worker
 from somaagent.settings import Settings
 
 __all__ = [
@@ -165,17 +164,14 @@ class WorkerRuntime:
         self.thread = threading.Thread(target=self.run, name="telemetry-worker", daemon=True)
         self.thread.start()
 
-    def _lower_priority(self) -> None:
-        """Linux nice values are per thread: only the calling one is lowered, relative to
-        the process's own."""
+    def run(self) -> None:
         if self.settings.worker_thread_nice:
+            # Linux nice values are per thread: only this one is lowered, relative to the
+            # process's own (and the writer threads it starts, which inherit it).
             tid = threading.get_native_id()
             with contextlib.suppress(OSError):
                 nice = os.getpriority(os.PRIO_PROCESS, tid) + self.settings.worker_thread_nice
                 os.setpriority(os.PRIO_PROCESS, tid, min(19, nice))
-
-    def run(self) -> None:
-        self._lower_priority()
         after_flush = None
         if self.owns_process:
             # A round of batches is tens of thousands of objects that live until the round
@@ -186,9 +182,7 @@ class WorkerRuntime:
             gc.freeze()
             gc.disable()
             after_flush = gc.collect
-        writer = ThreadPoolExecutor(
-            1, thread_name_prefix="telemetry-writer", initializer=self._lower_priority
-        )
+        writer = DaemonThreads("telemetry-writer")
         try:
             run_worker(
                 self.consumer,
@@ -201,7 +195,6 @@ class WorkerRuntime:
                 writer=writer,
             )
         finally:
-            writer.shutdown(wait=True)
             if self.owns_process:
                 gc.enable()
 
