@@ -172,22 +172,27 @@ class WorkerCode:
     run: go.Run
     background: list[int]  # the worker's pid first (replaced on a restart), then the broker
     current: str = ""
+    behind: bool = False  # a ``paused`` variant left events in Kafka
 
     def use(self, path: str) -> None:
-        """Restart the worker from ``path`` unless it runs that code; return caught up."""
+        """Restart the worker from ``path`` unless it runs that code; return caught up (also
+        after a ``paused`` variant, so the next one does not pay for its backlog)."""
         if path == self.current:
+            if self.behind:
+                self._caught_up(restarted=False)
             return
         self.run.children.stop("worker")
         self.run.start_worker(pythonpath=path or None)
         self.background[0] = self.run.children.pid("worker")
         deprioritize([self.background[0]], go.BACKGROUND_NICE)
         self.current = path
-        self._caught_up()
+        self._caught_up(restarted=True)
 
-    def _caught_up(self, timeout_s: float = 90.0) -> None:
-        """Until the new worker is in the group and has committed up to the high watermarks
-        (Tansu's trail the log by its last batch, see ``go.telemetry_check``: up to one
-        produce request's events may still be stored after this returns)."""
+    def _caught_up(self, *, restarted: bool, timeout_s: float = 90.0) -> None:
+        """Until the worker (a new one: in the group) has committed up to the high
+        watermarks (Tansu's trail the log by its last batch, see ``go.telemetry_check``: up
+        to one produce request's events may still be stored after this returns)."""
+        self.behind = False
         settings = self.run.settings
         bootstrap = settings.url("kafka_bootstrap")
         admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -196,7 +201,7 @@ class WorkerCode:
         # Tansu reports the group EMPTY once the old member left, then UNKNOWN while the new
         # one joins, then STABLE (about 5 s).
         joining = False
-        while time.monotonic() < deadline:
+        while restarted and time.monotonic() < deadline:
             state = admin.describe_consumer_groups([group])[group].result(timeout=5).state
             joining = joining or state != ConsumerGroupState.STABLE
             if state == ConsumerGroupState.STABLE and (joining or time.monotonic() - started > 8):
@@ -260,6 +265,7 @@ def measure_variant(
         wall = run.last.elapsed_s + run.args.warmup
         out["worker_cpu_share"] = round(spent[0] / wall, 3)
         out["broker_cpu_share"] = round(sum(spent[1:]) / wall, 3)
+    workers.behind = workers.behind or variant.paused
     redis.close()
     for core, shares in out.pop("cores", {}).items():
         for kind, share in shares.items():

@@ -164,6 +164,12 @@ class WorkerRuntime:
         self.thread = threading.Thread(target=self.run, name="telemetry-worker", daemon=True)
         self.thread.start()
 
+    def _write_thread(self) -> bool:
+        """``worker_write_thread``, or by default: a process of its own with two cores."""
+        if self.settings.worker_write_thread is not None:
+            return self.settings.worker_write_thread
+        return self.owns_process and len(os.sched_getaffinity(0)) >= 2
+
     def run(self) -> None:
         if self.settings.worker_thread_nice:
             # Linux nice values are per thread: only this one is lowered, relative to the
@@ -182,7 +188,7 @@ class WorkerRuntime:
             gc.freeze()
             gc.disable()
             after_flush = gc.collect
-        writer = DaemonThreads("telemetry-writer")
+        writer = DaemonThreads("telemetry-writer") if self._write_thread() else None
         try:
             run_worker(
                 self.consumer,

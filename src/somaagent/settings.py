@@ -171,6 +171,12 @@ class Settings(BaseSettings):
     # (LOCAL) telemetry yields the core to serving when both want it and catches up in
     # idle time; in a worker process of its own it yields to the machine's other work.
     worker_thread_nice: int = Field(default=10, ge=0, le=19)
+    # Whether the worker writes a batch in a thread of its own while it validates the next.
+    # None: only in a worker process of its own that may run on two or more cores (where
+    # it drained 200,000 events ~9% faster); on one core, or beside the gateway, the two
+    # threads only compete (the gateway's c=1 added p99 4.41 against 3.48 ms with the
+    # worker pinned to the load generator's core; docs/decisions.md).
+    worker_write_thread: bool | None = None
     ingest_max_body_bytes: int = Field(default=8 << 20, ge=1024)
 
     catalog_file: Path | None = None  # model catalog YAML; None = the packaged default
