@@ -4,12 +4,13 @@ Offsets are committed only after a batch is stored (ClickHouse), dead-lettered a
 into the session summaries (PostgreSQL). A failing sink leaves the batch buffered and it is
 retried with backoff; nothing is committed past it.
 
-Given a ``writer`` (one thread), a round's batches are written there, one after another in
-order, each committed before the next is written, exactly as without it. What moves is the
-validation of the next batch (``Ingestor.prepare``, pure CPU): it runs in the loop's thread
-while the batch before is written, and chDB and PostgreSQL release the GIL while they work,
-so the two overlap on a second core. A round's last write is waited for before the round
-ends, so nothing is under way while the consumer is polled (where partitions are revoked).
+Given a ``writer`` (``DaemonThreads``: a thread per write, one write at a time), a round's
+batches are written there, one after another in order, each committed before the next is
+written, exactly as without it. What moves is the validation of the next batch
+(``Ingestor.prepare``, pure CPU): it runs in the loop's thread while the batch before is
+written, and chDB and PostgreSQL release the GIL while they work, so the two overlap on a
+second core. A round's last write is waited for before the round ends, so nothing is under
+way while the consumer is polled (where partitions are revoked).
 """
 
 from __future__ import annotations
