@@ -48,13 +48,26 @@ from somaagent.settings import Settings, load_settings  # noqa: E402
 from somaagent.stack import Supervisor  # noqa: E402
 
 
+class CommitProbe:
+    """Reads the worker group's committed total on ``topic`` (one consumer, reused)."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        bootstrap = settings.url("kafka_bootstrap")
+        meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=5)
+        self._parts = [TopicPartition(topic, p) for p in meta.topics[topic].partitions]
+        self._probe = Consumer({"bootstrap.servers": bootstrap, "group.id": settings.worker_group})
+
+    def total(self) -> int:
+        return sum(max(tp.offset, 0) for tp in self._probe.committed(self._parts, timeout=5))
+
+    def close(self) -> None:
+        self._probe.close()
+
+
 def committed_total(settings: Settings, topic: str) -> int:
-    bootstrap = settings.url("kafka_bootstrap")
-    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=5)
-    parts = [TopicPartition(topic, p) for p in meta.topics[topic].partitions]
-    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": settings.worker_group})
+    probe = CommitProbe(settings, topic)
     try:
-        return sum(max(tp.offset, 0) for tp in probe.committed(parts, timeout=5))
+        return probe.total()
     finally:
         probe.close()
 
@@ -71,15 +84,12 @@ class Progress(threading.Thread):
         super().__init__(daemon=True)
         self.target = target
         self.samples: list[tuple[float, int]] = []
-        bootstrap = settings.url("kafka_bootstrap")
-        meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=5)
-        self._parts = [TopicPartition(topic, p) for p in meta.topics[topic].partitions]
-        self._probe = Consumer({"bootstrap.servers": bootstrap, "group.id": settings.worker_group})
+        self._probe = CommitProbe(settings, topic)
 
     def run(self) -> None:
         try:
             while True:
-                done = sum(max(tp.offset, 0) for tp in self._probe.committed(self._parts, 5))
+                done = self._probe.total()
                 self.samples.append((time.perf_counter(), done))
                 if done >= self.target:
                     return

@@ -217,7 +217,7 @@ class Ingestor:
         token, accepted, dead = batch.token, batch.accepted, batch.dead
         result = BatchResult(dead_letters=len(dead), reasons=[d.reason for d in dead])
         keep = accepted
-        if accepted and batch.lookup is not None:
+        if batch.lookup is not None:  # None exactly when nothing was accepted
             table = self.store.table(accepted[0][0].event_type)
             stored = self.store.existing(table, batch.lookup)
             rows = batch.rows
