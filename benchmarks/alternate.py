@@ -25,6 +25,9 @@ A variant is ``NAME`` or ``NAME=SPEC``; SPEC is a comma-separated list of
   events wait in Kafka;
 * ``idle``: the worker's and the broker's threads run under ``SCHED_IDLE`` instead of nice
   10 while the variant is measured;
+* ``slice:US``: this variant is measured with the load generator and the upstream asking
+  for US µs time slices (``gateway_overhead.Run.instruments_slice``; 0 = the scheduler's
+  default) instead of ``--instrument-slice-us``;
 * ``gwcore``: the worker moves to the gateway's core under ``SCHED_IDLE`` (it runs only when
   the gateway waits, and leaves the client core to the load generator, Redis and the
   upstream);
@@ -103,6 +106,7 @@ class Variant:
     paused: bool = False
     idle: bool = False
     gwcore: bool = False
+    slice_us: int | None = None
     load: str = ""
     worker: str = ""
     port: int = 0
@@ -122,6 +126,8 @@ class Variant:
                 variant.env[key] = val
             elif kind == "worker":
                 variant.worker = str(Path(value).resolve())
+            elif kind == "slice" and value.isdigit():
+                variant.slice_us = int(value)
             elif kind == "load" and value in LOADS:
                 variant.load = value
             elif kind in ("paused", "idle", "gwcore"):
@@ -129,7 +135,7 @@ class Variant:
             else:
                 raise SystemExit(
                     f"unknown variant part {part!r}"
-                    " (path:, python:, env:, worker:, paused, idle, gwcore, load:)"
+                    " (path:, python:, env:, worker:, paused, idle, gwcore, slice:, load:)"
                 )
         return variant
 
@@ -142,6 +148,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=6.0, help="measured s per run")
     parser.add_argument("--stream", action="store_true", help="streamed calls (include_usage)")
     parser.add_argument("--long-prompt", action="store_true", help="the 4,000-character prompt")
+    parser.add_argument(
+        "--instrument-slice-us", type=int, default=100, help="as in gateway_overhead.py"
+    )
     return parser.parse_args()
 
 
@@ -255,7 +264,10 @@ def measure_variant(
     redis = Redis.from_url(run.settings.url("redis_url"))
     reads = int(redis.info("stats")["total_reads_processed"])
     with conditions(variant, background):
-        out = run.measure(variant.name, url, body, concurrency, pid_name=f"gateway-{variant.name}")
+        out = run.measure(
+            variant.name, url, body, concurrency,
+            pid_name=f"gateway-{variant.name}", slice_us=variant.slice_us,
+        )  # fmt: skip
         # warm-up included: reads Redis served per answered call (a settle sharing the
         # next reservation's write makes one read of two commands)
         served = int(redis.info("stats")["total_reads_processed"]) - reads
@@ -295,6 +307,7 @@ def main() -> None:
     ns = parse_args()
     variants = [Variant.parse(v) for v in ns.variants]
     run, supervisor = go.held_run(ns.seconds, litellm=False)
+    run.args.instrument_slice_us = ns.instrument_slice_us
     started = time.monotonic()
     report: dict[str, Any] = {"benchmark": "alternate", "machine": machine()}
     try:

@@ -29,13 +29,16 @@ Usage: .venv/bin/python benchmarks/gateway_overhead.py [--duration 8] [--no-real
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +53,7 @@ sys.path.insert(0, str(BENCH))
 
 import _litellm  # noqa: E402
 from _loadgen import LevelResult, run_level  # noqa: E402
-from _procs import Children, deprioritize, log  # noqa: E402
+from _procs import Children, deprioritize, log, set_slice  # noqa: E402
 from _real_model import MAX_TOKENS, REAL_MODEL, real_model  # noqa: E402
 from _report import CLIENT_CORE, PROXY_CORE, added, machine, ratio, verdict  # noqa: E402
 
@@ -208,6 +211,32 @@ class Run:
         return info
 
     # ------------------------------------------------------------------ measuring
+    @contextlib.contextmanager
+    def instruments_slice(self, slice_us: int) -> Iterator[None]:
+        """While measuring, the load generator's thread and the upstream's threads ask the
+        scheduler for ``slice_us`` time slices (0: the default, 1.4 ms here).
+
+        They share the client core with background work (the worker's chDB inserts, the
+        broker, PostgreSQL writing session summaries and charges). On this kernel (EEVDF,
+        preempt=none, 250 Hz) a thread woken while such work runs waits for the running
+        thread's slice to end, at the next tick: up to 4 ms. Nice values do not help: the
+        broker and PostgreSQL each run in a session (autogroup) of their own. A thread with
+        a shorter slice than the running one preempts it when woken. Only the instruments
+        get it, for every target alike (direct, ours, LiteLLM), and only while measuring,
+        so nothing started meanwhile inherits it.
+        """
+        if not slice_us:
+            yield
+            return
+        tids = [threading.get_native_id()]
+        if "upstream" in self.children.procs:
+            tids += own_threads(self.children.pid("upstream"))
+        set_slice(tids, slice_us * 1000)
+        try:
+            yield
+        finally:
+            set_slice(tids, 0)
+
     def measure(
         self,
         target: str,
@@ -220,21 +249,25 @@ class Run:
         duration_s: float | None = None,
         warmup_s: float | None = None,
         think_s: float = 0.0,
+        slice_us: int | None = None,
     ) -> dict[str, Any]:
         pid = self.children.pid(pid_name) if pid_name else None
-        result, window = uvloop.run(
-            run_level(
-                url,
-                body,
-                concurrency=concurrency,
-                warmup_s=self.args.warmup if warmup_s is None else warmup_s,
-                duration_s=duration_s or self.args.duration,
-                max_requests=self.args.max_requests,
-                expect_header=expect_header,
-                pid=pid,
-                think_s=think_s,
+        with self.instruments_slice(
+            self.args.instrument_slice_us if slice_us is None else slice_us
+        ):
+            result, window = uvloop.run(
+                run_level(
+                    url,
+                    body,
+                    concurrency=concurrency,
+                    warmup_s=self.args.warmup if warmup_s is None else warmup_s,
+                    duration_s=duration_s or self.args.duration,
+                    max_requests=self.args.max_requests,
+                    expect_header=expect_header,
+                    pid=pid,
+                    think_s=think_s,
+                )
             )
-        )
         self.last = result
         out = result.summary()
         if pid and result.latencies_ms:
@@ -254,20 +287,33 @@ class Run:
 
 
 def level(
-    run: Run, concurrency: int, *, stream: bool, litellm: bool, prompt: str | None = None
+    run: Run,
+    concurrency: int,
+    *,
+    stream: bool,
+    litellm: bool,
+    prompt: str | None = None,
+    slice_us: int | None = None,
 ) -> dict[str, Any]:
+    """Direct, ours and LiteLLM's at one concurrency (``slice_us``: the instruments' time
+    slice, when not ``--instrument-slice-us``)."""
     body = chat_body(FIXED_MODEL, stream=stream, prompt=prompt)
     # A stream's headers leave before its usage is known: only the model is checked there.
     usage = ("x-soma-model", FIXED_MODEL) if stream else ("x-soma-usage-source", "reported")
-    direct = run.measure("direct", run.upstream_url, body, concurrency, pid_name="upstream")
+    direct = run.measure(
+        "direct", run.upstream_url, body, concurrency, pid_name="upstream", slice_us=slice_us
+    )
     ups_cpu = direct["cpu_us_per_request"]
     direct["upstream_capacity_rps_one_core"] = round(1e6 / ups_cpu) if ups_cpu else None
     gateway = run.measure(
-        "gateway", run.gateway_url, body, concurrency, pid_name="gateway", expect_header=usage
-    )
+        "gateway", run.gateway_url, body, concurrency, pid_name="gateway",
+        expect_header=usage, slice_us=slice_us,
+    )  # fmt: skip
     row: dict[str, Any] = {"direct": direct, "gateway": added(gateway, direct)}
     if litellm:
-        lite = run.measure("litellm", run.litellm_url, body, concurrency, pid_name="litellm")
+        lite = run.measure(
+            "litellm", run.litellm_url, body, concurrency, pid_name="litellm", slice_us=slice_us
+        )
         row["litellm"] = added(lite, direct)
         g, li = row["gateway"], row["litellm"]
         row["ratios_ours_over_litellm"] = {
@@ -278,6 +324,11 @@ def level(
         }
     row["gateway_rps_over_direct"] = ratio(gateway["rps"], direct["rps"])
     return row
+
+
+def own_threads(pid: int) -> list[int]:
+    """The thread ids of one process (not of its children)."""
+    return [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
 
 
 def worker_progress(probe: Consumer, parts: list[TopicPartition]) -> list[tuple[int, int]]:
@@ -340,6 +391,13 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=1000,
         help="the gateway's SOMA_GATEWAY_LOOP_SPIN_US (it owns core 0); 0 = the default, off",
+    )
+    parser.add_argument(
+        "--instrument-slice-us",
+        type=int,
+        default=100,
+        help="time slice the load generator and the upstream ask for while measuring (see"
+        " Run.measure); 0 = the scheduler's default",
     )
     parser.add_argument(
         "--no-budgets", action="store_true", help="no budget for the caller (policy still runs)"
@@ -457,6 +515,9 @@ def measure_all(run: Run, supervisor: Supervisor, report: dict[str, Any]) -> Non
         for c in args.levels.split(",")
         if c
     }
+    if args.instrument_slice_us and "1" in args.levels.split(","):
+        # c=1 once more, every target measured with the scheduler's default slices
+        report["c1_default_slices"] = level(run, 1, stream=False, litellm=with_litellm, slice_us=0)
     if not args.no_stream:
         report["streaming_c16"] = level(run, 16, stream=True, litellm=with_litellm)
     if not args.no_long_prompt:
@@ -519,7 +580,13 @@ def main() -> None:
         "(enforce), charge to Postgres, policy.events per call",
         "auth": "anonymous caller (LOCAL) on the gateway; no master key on LiteLLM",
         "load_generator": "aiohttp closed loop, keep-alive pool of `concurrency` connections",
-        "background_nice": f"worker and Kafka broker at nice {BACKGROUND_NICE} (client core)",
+        "background_nice": f"worker and Kafka broker at nice {BACKGROUND_NICE} (client core;"
+        " the broker and PostgreSQL run in sessions of their own, autogroups, where a nice"
+        " value orders only their own threads)",
+        "instrument_slice_us": f"{args.instrument_slice_us} (the load generator's and the"
+        " upstream's threads ask for this time slice while measuring, for every target alike:"
+        " woken, they preempt background work on the client core instead of waiting up to a"
+        " 4 ms tick; 0 = the default; c=1 with the default: c1_default_slices)",
         "gateway_loop_spin_us": f"{args.spin_us} (polls instead of sleeping for this long "
         "after it last worked: it owns core 0; 0 = off, the setting's default; c=1 without "
         "it: gateway_c1_without_loop_spin)",
