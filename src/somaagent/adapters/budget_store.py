@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
-import orjson
 import psycopg
 from psycopg import errors
 
@@ -57,15 +56,26 @@ _WINDOW_SUMS = (
     " coalesce(sum(ceil(gpu_ms * 1000)), 0) FROM budget_charges"
     " WHERE tenant = %(tenant)s AND occurred_at >= %(start)s AND occurred_at < %(end)s"
 )
-# PostgreSQL parses the batch (JSON arrays of text): the event loop only joins strings, so a
-# flush does not stall the requests sharing it. Every value crosses as text: exact.
-_INSERT_ROWS = (
-    "INSERT INTO budget_charges (reservation_id, tenant, persona, model_id, occurred_at,"
-    " settled_at, tokens, cost_usd, gpu_ms)"
-    " SELECT r->>0, r->>1, r->>2, r->>3, (r->>4)::timestamptz, (r->>5)::timestamptz,"
-    " (r->>6)::bigint, (r->>7)::numeric, (r->>8)::numeric FROM json_array_elements(%s::json) r"
+# Charges are written with COPY: PostgreSQL parses the rows, the event loop only joins
+# strings, so a flush does not stall the requests sharing it. Every value crosses as text:
+# exact.
+_CHARGE_COLUMNS = (
+    "reservation_id, tenant, persona, model_id, occurred_at, settled_at, tokens, cost_usd, gpu_ms"
+)
+_COPY_CHARGES = f"COPY budget_charges ({_CHARGE_COLUMNS}) FROM STDIN"
+# A batch that repeats a recorded reservation id (a retry after an acknowledgement was lost)
+# is copied into a temporary table and merged, skipping what is already there.
+_BATCH_TABLE = (
+    "CREATE TEMP TABLE IF NOT EXISTS charge_batch (LIKE budget_charges INCLUDING DEFAULTS)"
+    " ON COMMIT DELETE ROWS"
+)
+_COPY_BATCH = f"COPY charge_batch ({_CHARGE_COLUMNS}) FROM STDIN"
+_MERGE_BATCH = (
+    f"INSERT INTO budget_charges ({_CHARGE_COLUMNS}) SELECT {_CHARGE_COLUMNS} FROM charge_batch"
     " ON CONFLICT (reservation_id) DO NOTHING"
 )
+# COPY's text format: a tab between columns, a newline after a row, backslash escapes.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _RESET_COLUMNS = (
     "reset_id, budget_id, tenant, window_key, reset_at, actor, reason, spent_before_tokens,"
     " spent_before_usd, spent_before_gpu_ms"
@@ -73,10 +83,13 @@ _RESET_COLUMNS = (
 
 
 def charge_row(c: Charge) -> str:
-    """One charge as a JSON array of text for ``record_rows`` (Decimals as exact strings)."""
-    values = [c.reservation_id, c.tenant, c.persona, c.model_id, c.occurred_at, c.settled_at]
+    """One charge as a row of COPY's text format for ``record_rows`` (Decimals as exact
+    strings, times in ISO 8601 with their offset, text escaped)."""
+    texts = (c.reservation_id, c.tenant, c.persona, c.model_id)
+    values = [t.translate(_COPY_ESCAPES) for t in texts]
+    values += [c.occurred_at.isoformat(), c.settled_at.isoformat()]
     values += [str(c.tokens), str(c.cost_usd), str(c.gpu_ms)]
-    return orjson.dumps(values).decode()
+    return "\t".join(values) + "\n"
 
 
 def _budget(row: tuple[Any, ...]) -> Budget:
@@ -214,13 +227,27 @@ class BudgetStore:
         await self.record_rows([charge_row(c) for c in charges])
 
     async def record_rows(self, rows: Sequence[str]) -> None:
-        """Insert charges serialised by ``charge_row`` (one statement, one round trip)."""
+        """Insert charges serialised by ``charge_row``: one COPY, one round trip (PostgreSQL
+        spends about half the CPU of an INSERT from a JSON document on it).
+
+        A reservation id already recorded fails the COPY as a whole; the batch then goes
+        through a temporary table, which skips the ids already there (a retried batch is
+        harmless, as before).
+        """
         if not rows:
             return
-        batch = "[" + ",".join(rows) + "]"
+        data = "".join(rows)
 
         async def insert(conn: Conn) -> None:
-            await conn.execute(_INSERT_ROWS, (batch,))
+            try:
+                async with conn.cursor().copy(_COPY_CHARGES) as copy:
+                    await copy.write(data)
+            except errors.UniqueViolation:
+                async with conn.transaction():
+                    await conn.execute(_BATCH_TABLE)
+                    async with conn.cursor().copy(_COPY_BATCH) as copy:
+                        await copy.write(data)
+                    await conn.execute(_MERGE_BATCH)
 
         await self._run(insert, retry=True)
 
