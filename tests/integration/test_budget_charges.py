@@ -103,3 +103,33 @@ def test_the_writer_flushes_its_batches_through_copy(dsn: str) -> None:
 
     asyncio.run(scenario())
     assert stored(dsn, tenant) == [as_row(c) for c in charges]
+
+
+def test_a_round_writes_what_was_pending_when_it_began(dsn: str) -> None:
+    """Charges added while a round's write is in flight wait for the next round (else a
+    slow write turns the writer into back-to-back writes of a few rows each)."""
+    tenant = f"t-{uuid.uuid4().hex[:12]}"
+    before = [charge(tenant, n) for n in range(10)]
+    during = [charge(tenant, n) for n in range(10, 13)]
+
+    async def scenario() -> None:
+        store = BudgetStore(dsn)
+        writer = ChargeWriter(store, interval_s=3600)  # no round of its own in this test
+        try:
+            for c in before:
+                writer.add(c)
+            round_ = asyncio.create_task(writer._flush_arrived())
+            await asyncio.sleep(0)  # the round took its list and waits for PostgreSQL
+            for c in during:
+                writer.add(c)
+            await round_
+            assert writer.pending() == during
+            assert stored(dsn, tenant) == [as_row(c) for c in before]
+            await writer.flush()
+            assert writer.pending() == []
+        finally:
+            await writer.aclose()
+            await store.aclose()
+
+    asyncio.run(scenario())
+    assert stored(dsn, tenant) == [as_row(c) for c in before + during]

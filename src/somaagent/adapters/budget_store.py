@@ -432,13 +432,27 @@ class ChargeWriter:
         return [c for c, _ in self._pending.values() if tenant is None or c.tenant == tenant]
 
     async def flush(self) -> None:
-        """Write every pending charge now (in batches of ``max_rows``)."""
+        """Write every pending charge now (in batches of ``max_rows``), those added while
+        it writes too."""
         async with self.lock:
             while self._pending:
-                ids = list(self._pending)[: self._max_rows]
-                await self._store.record_rows([self._pending[rid][1] for rid in ids])
-                for rid in ids:
-                    self._pending.pop(rid, None)
+                await self._write(list(self._pending)[: self._max_rows])
+
+    async def _flush_arrived(self) -> None:
+        """Write the charges pending now; those added meanwhile wait for the next round.
+        Otherwise a write that takes longer than the next charge takes to arrive turns the
+        writer into back-to-back writes of a few rows each (a commit each), which kept
+        PostgreSQL and the event loop busy between the rounds meant to batch them."""
+        async with self.lock:
+            ids = list(self._pending)
+            for start in range(0, len(ids), self._max_rows):
+                await self._write(ids[start : start + self._max_rows])
+
+    async def _write(self, ids: builtins.list[str]) -> None:
+        """Commit these pending charges (under ``lock``), then drop them from ``pending``."""
+        await self._store.record_rows([self._pending[rid][1] for rid in ids])
+        for rid in ids:
+            self._pending.pop(rid, None)
 
     async def _run(self) -> None:
         while True:
@@ -448,7 +462,7 @@ class ChargeWriter:
                         await self._wake.wait()
             self._wake.clear()
             try:
-                await self.flush()
+                await self._flush_arrived()
             except Exception as exc:  # keep writing: a lost writer would lose every charge
                 log.warning(
                     "budget charges not written yet (%d pending): %s", len(self._pending), exc
