@@ -311,6 +311,9 @@ def level(
     )  # fmt: skip
     row: dict[str, Any] = {"direct": direct, "gateway": added(gateway, direct)}
     if litellm:
+        # The worker shares the client core with the instruments: LiteLLM is measured once
+        # it has stored the gateway's events, not while it catches up on them.
+        row["worker_caught_up_s"] = wait_for_worker(run.settings, run.gateway_ok)
         lite = run.measure(
             "litellm", run.litellm_url, body, concurrency, pid_name="litellm", slice_us=slice_us
         )
@@ -339,17 +342,40 @@ def worker_progress(probe: Consumer, parts: list[TopicPartition]) -> list[tuple[
     return list(zip(committed, ends, strict=True))
 
 
-def telemetry_check(settings: Settings, gateway_ok: int) -> dict[str, Any]:
-    """Events in Kafka and committed by the worker versus calls the gateway answered."""
+def committed_calls(settings: Settings) -> tuple[Consumer, list[TopicPartition]]:
+    """A probe of the worker's group and the ``slm.metrics`` partitions (one event per
+    answered call)."""
     bootstrap = settings.url("kafka_bootstrap")
     topic = settings.topics.slm_metrics
     parts = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=5)
     tps = [TopicPartition(topic, p) for p in parts.topics[topic].partitions]
+    return Consumer({"bootstrap.servers": bootstrap, "group.id": settings.worker_group}), tps
+
+
+def wait_for_worker(settings: Settings, gateway_ok: int, timeout_s: float = 60.0) -> float:
+    """Until the worker has committed an event for every call answered so far (or
+    ``timeout_s``); the seconds waited."""
+    started = time.monotonic()
+    probe, tps = committed_calls(settings)
+    try:
+        while time.monotonic() - started < timeout_s:
+            if sum(c for c, _ in worker_progress(probe, tps)) >= gateway_ok:
+                break
+            time.sleep(0.25)
+        else:
+            log(f"the worker had not caught up after {timeout_s:.0f} s; measuring anyway")
+    finally:
+        probe.close()
+    return round(time.monotonic() - started, 2)
+
+
+def telemetry_check(settings: Settings, gateway_ok: int) -> dict[str, Any]:
+    """Events in Kafka and committed by the worker versus calls the gateway answered."""
     # Tansu 0.6 answers a ListOffsets for the end of the log with the last batch's base
     # offset + 1 (115 records in batches of 1, 5, 9 and 100 read as 16; measured in session
     # 15), so its high watermarks trail the log by the last batch: the check is the
     # committed offsets, which are exact.
-    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": settings.worker_group})
+    probe, tps = committed_calls(settings)
     try:
         # Publishing is asynchronous (spool first, then Kafka): wait until the worker has
         # committed every call's event or nothing moves for 10 s.
