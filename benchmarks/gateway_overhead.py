@@ -235,6 +235,8 @@ class Run:
             set_slice(tids, slice_us * 1000)
         except OSError as exc:  # e.g. another architecture: measured with the default
             log(f"instruments keep the default time slice: {exc}")
+            with contextlib.suppress(OSError):
+                set_slice(tids, 0)  # those set before the refusal
             yield
             return
         try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -84,22 +86,29 @@ def test_text_that_needs_escapes_round_trips(dsn: str) -> None:
     assert stored(dsn, tenant) == [as_row(c) for c in odd]
 
 
+@asynccontextmanager
+async def writer_on(dsn: str, interval_s: float) -> AsyncIterator[ChargeWriter]:
+    """A charge writer on its own store; closed (what is pending written) afterwards."""
+    store = BudgetStore(dsn)
+    writer = ChargeWriter(store, interval_s=interval_s)
+    try:
+        yield writer
+    finally:
+        await writer.aclose()
+        await store.aclose()
+
+
 def test_the_writer_flushes_its_batches_through_copy(dsn: str) -> None:
     tenant = f"t-{uuid.uuid4().hex[:12]}"
     charges = [charge(tenant, n) for n in range(1200)]  # more than one batch of 500
 
     async def scenario() -> None:
-        store = BudgetStore(dsn)
-        writer = ChargeWriter(store, interval_s=0.01)
-        try:
+        async with writer_on(dsn, interval_s=0.01) as writer:
             for c in charges:
                 writer.add(c)
             writer.add(charges[0])  # a second add of one reservation is ignored
             await writer.flush()
             assert writer.pending() == []
-        finally:
-            await writer.aclose()
-            await store.aclose()
 
     asyncio.run(scenario())
     assert stored(dsn, tenant) == [as_row(c) for c in charges]
@@ -113,9 +122,7 @@ def test_a_round_writes_what_was_pending_when_it_began(dsn: str) -> None:
     during = [charge(tenant, n) for n in range(10, 13)]
 
     async def scenario() -> None:
-        store = BudgetStore(dsn)
-        writer = ChargeWriter(store, interval_s=3600)  # no round of its own in this test
-        try:
+        async with writer_on(dsn, interval_s=3600) as writer:  # no round of its own
             for c in before:
                 writer.add(c)
             round_ = asyncio.create_task(writer._flush_arrived())
@@ -127,9 +134,6 @@ def test_a_round_writes_what_was_pending_when_it_began(dsn: str) -> None:
             assert stored(dsn, tenant) == [as_row(c) for c in before]
             await writer.flush()
             assert writer.pending() == []
-        finally:
-            await writer.aclose()
-            await store.aclose()
 
     asyncio.run(scenario())
     assert stored(dsn, tenant) == [as_row(c) for c in before + during]
