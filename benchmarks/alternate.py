@@ -151,6 +151,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--instrument-slice-us", type=int, default=100, help="as in gateway_overhead.py"
     )
+    parser.add_argument(
+        "--rest-s", type=float, default=0.0, help="idle seconds before each variant's run"
+    )
     return parser.parse_args()
 
 
@@ -181,14 +184,13 @@ class WorkerCode:
     run: go.Run
     background: list[int]  # the worker's pid first (replaced on a restart), then the broker
     current: str = ""
-    behind: bool = False  # a ``paused`` variant left events in Kafka
+    behind: bool = False  # a measured variant left events the worker has not stored yet
 
     def use(self, path: str) -> None:
-        """Restart the worker from ``path`` unless it runs that code; return caught up (also
-        after a ``paused`` variant, so the next one does not pay for its backlog)."""
+        """Restart the worker from ``path`` unless it runs that code; return caught up (so a
+        run does not pay for the events of the one before, paused or not)."""
         if path == self.current:
-            if self.behind:
-                self._caught_up(restarted=False)
+            self.catch_up()
             return
         self.run.children.stop("worker")
         self.run.start_worker(pythonpath=path or None)
@@ -196,6 +198,11 @@ class WorkerCode:
         deprioritize([self.background[0]], go.BACKGROUND_NICE)
         self.current = path
         self._caught_up(restarted=True)
+
+    def catch_up(self) -> None:
+        """Until the worker has stored what the runs so far left in Kafka."""
+        if self.behind:
+            self._caught_up(restarted=False)
 
     def _caught_up(self, *, restarted: bool, timeout_s: float = 90.0) -> None:
         """Until the worker (a new one: in the group) has committed up to the high
@@ -277,7 +284,10 @@ def measure_variant(
         wall = run.last.elapsed_s + run.args.warmup
         out["worker_cpu_share"] = round(spent[0] / wall, 3)
         out["broker_cpu_share"] = round(sum(spent[1:]) / wall, 3)
-    workers.behind = workers.behind or variant.paused
+    # Its events (or, paused, its backlog) are still being stored: the next run, direct
+    # included, waits for that instead of sharing the client core with it (the run
+    # measured second in a round had a p99 about 2x the first's, whatever its code).
+    workers.behind = True
     redis.close()
     for core, shares in out.pop("cores", {}).items():
         for kind, share in shares.items():
@@ -324,8 +334,11 @@ def main() -> None:
         for c in (int(x) for x in ns.levels.split(",") if x):
             rows = []
             for i in range(ns.rounds):
+                workers.catch_up()
                 row = {"direct": run.measure("direct", run.upstream_url, body, c)}
                 for v in variants[i % len(variants) :] + variants[: i % len(variants)]:
+                    workers.catch_up()
+                    time.sleep(ns.rest_s)
                     row[v.name] = measure_variant(run, v, urls[v.name], body, c, workers)
                 rows.append(row)
             report["levels"][str(c)] = summarize(rows, [v.name for v in variants])
