@@ -10,10 +10,17 @@ de-duplication token.
 A batch handed out stays the same until it is committed: a batch that failed (a sink down
 after ClickHouse took the rows) is handed out again with the same offsets, not grown by the
 messages that arrived meanwhile, so its retry carries the same de-duplication token.
+
+An assignment whose look-ups fail (the group coordinator too slow to give the committed
+offsets, the store down), or a client error out of ``consume``, restarts the consumer:
+what it buffered is dropped, and the new member's assignment cuts its first batches from
+the store again, exactly as after a crash. Before this, such an error ended the worker's
+thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -34,6 +41,8 @@ from somaagent.service.ingest import RawMessage
 
 __all__ = ["ConsumerStats", "TelemetryConsumer"]
 
+log = logging.getLogger(__name__)
+
 BatchEnds = Callable[[str, str], dict[int, int]]  # (topic, topic_id) -> partition -> end
 
 
@@ -42,6 +51,7 @@ class ConsumerStats:
     consumed: int = 0
     committed_batches: int = 0
     assignments: int = 0
+    restarts: int = 0  # after an assignment or the client failed (see the module)
     replayed_batches: int = 0
     lag: dict[str, int] = field(default_factory=dict)
 
@@ -57,8 +67,13 @@ class TelemetryConsumer:
         topics: list[str],
         batch_ends: BatchEnds,
         extra_config: dict[str, object] | None = None,
+        assign_timeout_s: float = 10.0,
+        restart_backoff_s: float = 1.0,
     ) -> None:
         self._bootstrap = bootstrap
+        self.assign_timeout_s = assign_timeout_s
+        self._restart_backoff_s = restart_backoff_s
+        self._assign_failed: str | None = None
         self._topics = topics
         self._batch_ends = batch_ends
         self._config: dict[str, object] = {
@@ -89,13 +104,21 @@ class TelemetryConsumer:
         admin = AdminClient({"bootstrap.servers": self._bootstrap})
         futures = admin.describe_topics(TopicCollection(topics))
         for name, future in futures.items():
-            self._topic_ids[name] = str(future.result(timeout=10).topic_id)
+            self._topic_ids[name] = str(future.result(timeout=self.assign_timeout_s).topic_id)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Nothing may leave this callback (it would come out of ``consume``): the poll sees
+        # the failure and restarts the consumer before any batch of this member is formed.
+        try:
+            self._assign(consumer, partitions)
+        except Exception as exc:  # noqa: BLE001 - a Kafka time-out, the store, anything
+            self._assign_failed = f"{type(exc).__name__}: {exc}"
+
+    def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.stats.assignments += 1
         topics = sorted({tp.topic for tp in partitions})
         self._describe(topics)
-        committed = consumer.committed(partitions, timeout=10)
+        committed = consumer.committed(partitions, timeout=self.assign_timeout_s)
         for topic in topics:
             ends = self._batch_ends(topic, self._topic_ids[topic])
             for tp in committed:
@@ -125,17 +148,40 @@ class TelemetryConsumer:
         )
 
     # ------------------------------------------------------------------ batches
+    def _restart(self, reason: str) -> None:
+        """A new member in place of this one, with nothing buffered (see the module)."""
+        self.stats.restarts += 1
+        log.warning("telemetry consumer restarted (%s)", reason)
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):  # leaving the group may fail as well
+                self._consumer.close()
+            self._consumer = None
+        for state in (self._buffers, self._caps, self._pending, self._committed):
+            state.clear()
+        self._assign_failed = None
+        time.sleep(self._restart_backoff_s)
+        self.start()
+
     def poll(self, max_messages: int, timeout_s: float) -> int:
         """Fetch up to ``max_messages`` into the partition buffers; return how many."""
         assert self._consumer is not None, "start() first"
+        try:
+            messages = self._consumer.consume(max_messages, timeout_s)
+        except KafkaException as exc:
+            self._restart(f"consume failed: {exc}")
+            return 0
+        if self._assign_failed is not None:
+            self._restart(f"assignment failed: {self._assign_failed}")
+            return 0
         n = 0
-        for msg in self._consumer.consume(max_messages, timeout_s):
+        for msg in messages:
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     continue
                 if err.fatal():
-                    raise KafkaException(err)
+                    self._restart(f"fatal client error: {err}")
+                    return 0
                 continue  # transient: the client retries by itself
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             assert topic is not None and partition is not None and offset is not None
