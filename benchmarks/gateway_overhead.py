@@ -14,9 +14,12 @@ One run measures, against the same fixed-response OpenAI-compatible upstream
 The gateway and LiteLLM run pinned to core 0; the load generator (this process), the
 upstream, Kafka, PostgreSQL and the telemetry worker to core 1. Each level (concurrency 1,
 16, 64, closed loop over keep-alive connections) warms up, then records until a request
-count or a time limit. "Added" latency is the proxy's p50/p99 minus the direct p50/p99 at
-the same concurrency. Also: a streamed level, a level with a 4,000-character prompt (the
-gateway's pre-classifier reads every prompt), the gateway with the worker inside its process
+count or a time limit. "Added" latency is the proxy's p50/p99 minus the p50/p99 of the
+direct run measured just before it at the same concurrency (LiteLLM gets a direct run of its
+own, after the worker has stored our run's events). While measuring, the load generator and
+the upstream ask for short time slices (``Run.instruments_slice``). Also: a streamed level,
+a level with a 4,000-character prompt (the gateway's pre-classifier reads every prompt), the
+gateway with the worker inside its process
 (the LOCAL default), and the real-model case (``_real_model.py``: llama-server with the
 primary model, alone on core 1 while everything else shares core 0; gateway throughput must
 be at least 98% of calling it directly, judged side by side: half the clients direct, half
