@@ -20,6 +20,7 @@ __all__ = [
     "cpu_seconds",
     "deprioritize",
     "log",
+    "own_threads",
     "pin",
     "set_idle",
     "set_slice",
@@ -140,13 +141,18 @@ def pin(pids: list[int], core: int) -> None:
             )
 
 
+def own_threads(pid: int) -> list[int]:
+    """The thread ids of one process (not of its children)."""
+    return [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+
+
 def threads(pids: list[int]) -> list[int]:
     """Every thread id of these processes and of their descendants."""
     tids: list[int] = []
     for root in pids:
         for pid in descendants(root):
             try:
-                tids += [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+                tids += own_threads(pid)
             except OSError:
                 continue
     return tids

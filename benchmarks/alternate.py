@@ -63,9 +63,10 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import gateway_overhead as go  # noqa: E402
+from _group_probe import GroupProbe  # noqa: E402
 from _procs import cpu_seconds, deprioritize, pin, set_idle  # noqa: E402
 from _report import machine  # noqa: E402
-from confluent_kafka import Consumer, ConsumerGroupState, TopicPartition  # noqa: E402
+from confluent_kafka import ConsumerGroupState  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
 from redis import Redis  # noqa: E402
 
@@ -187,10 +188,9 @@ class WorkerCode:
     behind: bool = False  # a measured variant left events the worker has not stored yet
 
     def use(self, path: str) -> None:
-        """Restart the worker from ``path`` unless it runs that code; return caught up (so a
-        run does not pay for the events of the one before, paused or not)."""
+        """Restart the worker from ``path`` unless it runs that code (a restarted one is
+        waited for until it has caught up; otherwise ``catch_up`` before each run does)."""
         if path == self.current:
-            self.catch_up()
             return
         self.run.children.stop("worker")
         self.run.start_worker(pythonpath=path or None)
@@ -224,16 +224,11 @@ class WorkerCode:
                 break
             time.sleep(0.25)
         topics = [settings.topics.slm_metrics, settings.topics.conversation_metrics]
-        meta = admin.list_topics(timeout=5).topics
-        parts = [TopicPartition(t, p) for t in topics for p in meta[t].partitions]
-        probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-        try:
+        with GroupProbe(settings, topics) as probe:
             while time.monotonic() < deadline:
-                if all(c >= end for c, end in go.worker_progress(probe, parts)):
+                if all(c >= end for c, end in probe.progress()):
                     return
                 time.sleep(0.25)
-        finally:
-            probe.close()
         raise RuntimeError(f"the restarted worker did not catch up in {timeout_s:.0f} s")
 
 

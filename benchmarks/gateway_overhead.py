@@ -47,7 +47,6 @@ from typing import Any
 
 import orjson
 import uvloop
-from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 BENCH = Path(__file__).resolve().parent
@@ -55,8 +54,9 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import _litellm  # noqa: E402
+from _group_probe import GroupProbe  # noqa: E402
 from _loadgen import LevelResult, run_level  # noqa: E402
-from _procs import Children, deprioritize, log, set_slice  # noqa: E402
+from _procs import Children, deprioritize, log, own_threads, set_slice  # noqa: E402
 from _real_model import MAX_TOKENS, REAL_MODEL, real_model  # noqa: E402
 from _report import CLIENT_CORE, PROXY_CORE, added, machine, ratio, verdict  # noqa: E402
 
@@ -346,43 +346,17 @@ def level(
     return row
 
 
-def own_threads(pid: int) -> list[int]:
-    """The thread ids of one process (not of its children)."""
-    return [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
-
-
-def worker_progress(probe: Consumer, parts: list[TopicPartition]) -> list[tuple[int, int]]:
-    """Per partition, the probe's group's committed offset (0 before any) and the high
-    watermark. Committed first: what is read after it can only be as far or further."""
-    committed = [max(tp.offset, 0) for tp in probe.committed(parts, timeout=5)]
-    ends = [probe.get_watermark_offsets(tp, timeout=5)[1] for tp in parts]
-    return list(zip(committed, ends, strict=True))
-
-
-def committed_calls(settings: Settings) -> tuple[Consumer, list[TopicPartition]]:
-    """A probe of the worker's group and the ``slm.metrics`` partitions (one event per
-    answered call)."""
-    bootstrap = settings.url("kafka_bootstrap")
-    topic = settings.topics.slm_metrics
-    parts = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=5)
-    tps = [TopicPartition(topic, p) for p in parts.topics[topic].partitions]
-    return Consumer({"bootstrap.servers": bootstrap, "group.id": settings.worker_group}), tps
-
-
 def wait_for_worker(settings: Settings, gateway_ok: int, timeout_s: float = 60.0) -> float:
     """Until the worker has committed an event for every call answered so far (or
     ``timeout_s``); the seconds waited."""
     started = time.monotonic()
-    probe, tps = committed_calls(settings)
-    try:
+    with GroupProbe(settings, [settings.topics.slm_metrics]) as probe:  # an event per call
         while time.monotonic() - started < timeout_s:
-            if sum(c for c, _ in worker_progress(probe, tps)) >= gateway_ok:
+            if probe.total() >= gateway_ok:
                 break
             time.sleep(0.25)
         else:
             log(f"the worker had not caught up after {timeout_s:.0f} s; measuring anyway")
-    finally:
-        probe.close()
     return round(time.monotonic() - started, 2)
 
 
@@ -392,14 +366,13 @@ def telemetry_check(settings: Settings, gateway_ok: int) -> dict[str, Any]:
     # offset + 1 (115 records in batches of 1, 5, 9 and 100 read as 16; measured in session
     # 15), so its high watermarks trail the log by the last batch: the check is the
     # committed offsets, which are exact.
-    probe, tps = committed_calls(settings)
-    try:
+    with GroupProbe(settings, [settings.topics.slm_metrics]) as probe:
         # Publishing is asynchronous (spool first, then Kafka): wait until the worker has
         # committed every call's event or nothing moves for 10 s.
         produced = committed = -1
         last_change = time.monotonic()
         while time.monotonic() - last_change < 10:
-            progress = worker_progress(probe, tps)
+            progress = probe.progress()
             now_committed = sum(c for c, _ in progress)
             now_produced = sum(end for _, end in progress)
             if (now_produced, now_committed) != (produced, committed):
@@ -407,8 +380,6 @@ def telemetry_check(settings: Settings, gateway_ok: int) -> dict[str, Any]:
             if committed >= gateway_ok:
                 break
             time.sleep(0.5)
-    finally:
-        probe.close()
     return {
         "gateway_calls_answered": gateway_ok,
         "slm_metrics_high_watermarks": produced,

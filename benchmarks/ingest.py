@@ -30,12 +30,13 @@ import time
 import uuid
 from pathlib import Path
 
-from confluent_kafka import Consumer, ConsumerGroupState, Producer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, Producer
 from confluent_kafka.admin import AdminClient
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _group_probe import GroupProbe  # noqa: E402
 from tests.integration.telemetry_support import fresh  # noqa: E402
 from tests.unit.domain._event_examples import examples  # noqa: E402
 
@@ -48,28 +49,9 @@ from somaagent.settings import Settings, load_settings  # noqa: E402
 from somaagent.stack import Supervisor  # noqa: E402
 
 
-class CommitProbe:
-    """Reads the worker group's committed total on ``topic`` (one consumer, reused)."""
-
-    def __init__(self, settings: Settings, topic: str) -> None:
-        bootstrap = settings.url("kafka_bootstrap")
-        meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=5)
-        self._parts = [TopicPartition(topic, p) for p in meta.topics[topic].partitions]
-        self._probe = Consumer({"bootstrap.servers": bootstrap, "group.id": settings.worker_group})
-
-    def total(self) -> int:
-        return sum(max(tp.offset, 0) for tp in self._probe.committed(self._parts, timeout=5))
-
-    def close(self) -> None:
-        self._probe.close()
-
-
 def committed_total(settings: Settings, topic: str) -> int:
-    probe = CommitProbe(settings, topic)
-    try:
+    with GroupProbe(settings, [topic]) as probe:
         return probe.total()
-    finally:
-        probe.close()
 
 
 class Progress(threading.Thread):
@@ -84,7 +66,7 @@ class Progress(threading.Thread):
         super().__init__(daemon=True)
         self.target = target
         self.samples: list[tuple[float, int]] = []
-        self._probe = CommitProbe(settings, topic)
+        self._probe = GroupProbe(settings, [topic])
 
     def run(self) -> None:
         try:
